@@ -1,0 +1,18 @@
+// Package schema is jetmail's wire contract: the send request that producers
+// publish on mail.send (Request) and the result events that workers publish on
+// mail.result.<Id> (Result).
+//
+// The request format is that of a well-known workflow platform's SMTP
+// "Send Email" action, so payloads written for it decode unchanged: keys are
+// matched case-insensitively, To/CC/Bcc may be a "a@x;b@y" string or an array,
+// and IsHtml may be a bool or the string "true"/"false". Decode parses a
+// payload; Request.Validate checks every rule of the contract at once and
+// reports each broken rule with its field path.
+//
+// The JSON Schema documents request.schema.json and result.schema.json in this
+// folder describe the same formats for other languages; a test keeps them and
+// the Go validator in agreement on the payloads under examples/.
+//
+// The package imports nothing but the standard library, so producers in Go can
+// use it without pulling in NATS or SMTP code.
+package schema

@@ -1,0 +1,75 @@
+package schema
+
+import "strings"
+
+// Names are the subjects and streams of one jetmail deployment. The zero
+// value is not useful; start from DefaultNames.
+type Names struct {
+	// Prefix is the first token of every subject. Default "mail".
+	Prefix string
+	// RequestStream holds the requests (work-queue retention).
+	// Default "JETMAIL_REQUESTS".
+	RequestStream string
+	// ResultStream holds the result events (limits retention).
+	// Default "JETMAIL_RESULTS".
+	ResultStream string
+	// DeadStream holds the dead letters. Default "JETMAIL_DEAD".
+	DeadStream string
+	// Consumer is the durable pull consumer shared by all workers.
+	// Default "jetmail-worker".
+	Consumer string
+}
+
+// DefaultNames returns the names of the contract (§1).
+func DefaultNames() Names {
+	return Names{
+		Prefix:        "mail",
+		RequestStream: "JETMAIL_REQUESTS",
+		ResultStream:  "JETMAIL_RESULTS",
+		DeadStream:    "JETMAIL_DEAD",
+		Consumer:      "jetmail-worker",
+	}
+}
+
+// WithPrefix returns n with its subject prefix set to p (when p is not
+// empty).
+func (n Names) WithPrefix(p string) Names {
+	if p != "" {
+		n.Prefix = p
+	}
+	return n
+}
+
+// ValidToken reports whether s can be used as one NATS subject token.
+func ValidToken(s string) bool { return s != "" && !strings.ContainsAny(s, ". *>\t\r\n") }
+
+// SendSubject is the subject producers publish requests on: "mail.send".
+func (n Names) SendSubject() string { return n.Prefix + ".send" }
+
+// SendSubjects are the subjects of the request stream: "mail.send" and
+// "mail.send.>" (publishers may append tokens such as a tenant).
+func (n Names) SendSubjects() []string { return []string{n.SendSubject(), n.SendSubject() + ".>"} }
+
+// ResultSubject is the subject of the result events of one Id.
+func (n Names) ResultSubject(id string) string { return n.Prefix + ".result." + id }
+
+// ResultSubjects is the wildcard subject of all result events.
+func (n Names) ResultSubjects() string { return n.Prefix + ".result.>" }
+
+// DeadSubject is the subject of the dead letter of one Id.
+func (n Names) DeadSubject(id string) string { return n.Prefix + ".dead." + id }
+
+// DeadSubjects is the wildcard subject of all dead letters.
+func (n Names) DeadSubjects() string { return n.Prefix + ".dead.>" }
+
+// DeadLetter is what a worker publishes on mail.dead.<Id> when a request
+// fails for good: the original payload and its final result, so that it can
+// be replayed.
+type DeadLetter struct {
+	// Request is the request payload exactly as it was published.
+	Request []byte `json:"Request"`
+	// Subject is the subject the request was published on.
+	Subject string `json:"Subject"`
+	// Result is the final failed result.
+	Result Result `json:"Result"`
+}

@@ -1,0 +1,102 @@
+package schema
+
+import (
+	"strconv"
+	"time"
+)
+
+// State is the stage a message has reached, as carried in Result.State.
+type State string
+
+// The states of a message. Accepted and Deferred are interim; Sent and
+// Failed are final, and a message has exactly one final event.
+const (
+	StateAccepted State = "accepted"
+	StateDeferred State = "deferred"
+	StateSent     State = "sent"
+	StateFailed   State = "failed"
+)
+
+// Final reports whether s is a final state (sent or failed).
+func (s State) Final() bool { return s == StateSent || s == StateFailed }
+
+// Status is the HTTP-style code of a result event. The set is closed: these
+// constants are every value a worker publishes.
+type Status int
+
+// The result status codes of the contract (§3).
+const (
+	// Status200 means the SMTP server accepted the message for at least one
+	// recipient.
+	Status200 Status = 200
+	// Status202 means accepted by a worker, or deferred for a retry.
+	Status202 Status = 202
+	// Status400 means the request is invalid; it was never sent.
+	Status400 Status = 400
+	// Status401 means SMTP authentication was rejected until retries ran out.
+	Status401 Status = 401
+	// Status403 means the sender is not allowed, or an SMTP policy rejection
+	// (5.7.x, relay denied).
+	Status403 Status = 403
+	// Status404 means every recipient was rejected as unknown.
+	Status404 Status = 404
+	// Status413 is used by the HTTP API for a request over a size limit.
+	Status413 Status = 413
+	// Status500 means any other permanent SMTP rejection, or retries
+	// exhausted on transient failures.
+	Status500 Status = 500
+)
+
+func (s Status) String() string { return strconv.Itoa(int(s)) }
+
+// SMTPReply is an SMTP server reply: the basic code, the enhanced status
+// code when the server sent one (RFC 3463), and the text.
+type SMTPReply struct {
+	Code         int    `json:"Code"`
+	EnhancedCode string `json:"EnhancedCode,omitempty"`
+	Message      string `json:"Message,omitempty"`
+}
+
+// RecipientResult is the outcome for one recipient, listed in a result when
+// recipients fared differently.
+type RecipientResult struct {
+	Address string `json:"Address"`
+	Status  Status `json:"Status"`
+	Code    int    `json:"Code,omitempty"`
+	Message string `json:"Message,omitempty"`
+}
+
+// Result is one state change of a message, published on mail.result.<Id>.
+// The latest Result of an Id is the message's status.
+type Result struct {
+	// Id is the request's Id.
+	Id string `json:"Id"`
+	// Status is the HTTP-style code (see the Status constants).
+	Status Status `json:"Status"`
+	// State is accepted, deferred, sent or failed.
+	State State `json:"State"`
+	// Attempt counts delivery attempts across all workers, from 1. It is 0
+	// on results of requests that never reached an attempt (invalid ones
+	// are published with the delivery count, so at least 1).
+	Attempt int `json:"Attempt"`
+	// MessageId is the RFC 5322 Message-ID of the built message, stable
+	// across retries.
+	MessageId string `json:"MessageId,omitempty"`
+	// Smtp is the last SMTP reply, when there was one.
+	Smtp *SMTPReply `json:"Smtp,omitempty"`
+	// Recipients lists per-recipient outcomes when they differ.
+	Recipients []RecipientResult `json:"Recipients,omitempty"`
+	// NextAttemptAt is when a deferred message will be tried again.
+	NextAttemptAt *time.Time `json:"NextAttemptAt,omitempty"`
+	// Error is a human-readable reason for deferred and failed results.
+	Error string `json:"Error,omitempty"`
+	// Fields lists the broken rules of an invalid request (Status 400).
+	Fields []FieldError `json:"Fields,omitempty"`
+	// Metadata is the request's Metadata, unchanged.
+	Metadata map[string]string `json:"Metadata,omitempty"`
+	// Time is when the event happened.
+	Time time.Time `json:"Time"`
+}
+
+// Final reports whether r is a final result (sent or failed).
+func (r *Result) Final() bool { return r.State.Final() }

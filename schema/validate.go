@@ -1,0 +1,257 @@
+package schema
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"mime"
+	"net/textproto"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+var errCRLF = errors.New("must not contain CR or LF")
+
+// FieldError is one broken rule of a request, with the path of the field
+// that breaks it, such as "Attachments[1].ContentData". The path is empty
+// when the payload as a whole is at fault (not JSON, no recipient).
+type FieldError struct {
+	Field   string `json:"Field"`
+	Message string `json:"Message"`
+	// TooLarge marks a size limit; HTTP answers 413 for it.
+	TooLarge bool `json:"-"`
+}
+
+func (e FieldError) String() string {
+	if e.Field == "" {
+		return e.Message
+	}
+	return e.Field + ": " + e.Message
+}
+
+// ValidationError lists every broken rule of a request at once. A request
+// that yields one is never sent or retried: its result has Status 400.
+type ValidationError struct {
+	Fields []FieldError
+}
+
+// Error joins the field errors with "; ".
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		parts[i] = f.String()
+	}
+	return "invalid request: " + strings.Join(parts, "; ")
+}
+
+// TooLarge reports whether any field error is a size limit.
+func (e *ValidationError) TooLarge() bool {
+	return slices.ContainsFunc(e.Fields, func(f FieldError) bool { return f.TooLarge })
+}
+
+// Limits bounds what a request may ask for. A zero field means the default
+// in DefaultLimits; a negative one means no limit.
+type Limits struct {
+	// MaxRequestBytes is the largest payload accepted. Default 8 MiB.
+	MaxRequestBytes int
+	// MaxAttachmentBytes is the largest total decoded size of the
+	// attachments. Default 6 MiB.
+	MaxAttachmentBytes int
+	// MaxRecipients is the largest number of To, CC and Bcc entries
+	// together. Default 100.
+	MaxRecipients int
+	// MaxHeaders is the largest number of extra Headers. Default 50.
+	MaxHeaders int
+	// MaxHeaderLength is the longest extra header value and subject, in
+	// bytes. Default 4096.
+	MaxHeaderLength int
+}
+
+// DefaultLimits are the limits a worker applies when configured with none.
+var DefaultLimits = Limits{
+	MaxRequestBytes:    8 << 20,
+	MaxAttachmentBytes: 6 << 20,
+	MaxRecipients:      100,
+	MaxHeaders:         50,
+	MaxHeaderLength:    4096,
+}
+
+// WithDefaults returns l with each zero field replaced by its default.
+func (l Limits) WithDefaults() Limits {
+	def := func(v, d int) int {
+		if v == 0 {
+			return d
+		}
+		return v
+	}
+	return Limits{
+		MaxRequestBytes:    def(l.MaxRequestBytes, DefaultLimits.MaxRequestBytes),
+		MaxAttachmentBytes: def(l.MaxAttachmentBytes, DefaultLimits.MaxAttachmentBytes),
+		MaxRecipients:      def(l.MaxRecipients, DefaultLimits.MaxRecipients),
+		MaxHeaders:         def(l.MaxHeaders, DefaultLimits.MaxHeaders),
+		MaxHeaderLength:    def(l.MaxHeaderLength, DefaultLimits.MaxHeaderLength),
+	}
+}
+
+// over reports whether n exceeds the limit max (negative: no limit).
+func over(n, max int) bool { return max >= 0 && n > max }
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// ValidID reports whether id is a valid request Id: [A-Za-z0-9_-]{1,128}.
+func ValidID(id string) bool { return idPattern.MatchString(id) }
+
+// structuralHeaders are the header fields a request can not set through
+// Headers, because jetmail writes them from other fields.
+var structuralHeaders = map[string]bool{
+	"From": true, "To": true, "Cc": true, "Bcc": true, "Subject": true,
+	"Date": true, "Message-Id": true, "Mime-Version": true, "Reply-To": true,
+	"Sender": true, "Return-Path": true, "Importance": true, "X-Priority": true,
+}
+
+// IsStructuralHeader reports whether name is a header field that Headers may
+// not set: From, To, Cc, Bcc, Subject, Date, Message-ID, MIME-Version,
+// Reply-To, Sender, Return-Path, Importance, X-Priority and any Content-*.
+func IsStructuralHeader(name string) bool {
+	c := textproto.CanonicalMIMEHeaderKey(name)
+	return structuralHeaders[c] || strings.HasPrefix(c, "Content-")
+}
+
+// validHeaderName reports whether name is an RFC 5322 field name: printable
+// US-ASCII other than colon.
+func validHeaderName(name string) bool {
+	if name == "" || len(name) > 76 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 33 || c > 126 || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks r against every rule of the contract with DefaultLimits
+// and returns a *ValidationError listing all broken rules, or nil.
+func (r *Request) Validate() error { return r.ValidateLimits(DefaultLimits) }
+
+// ValidateLimits is Validate with the given limits (zero fields take their
+// defaults).
+func (r *Request) ValidateLimits(lim Limits) error {
+	lim = lim.WithDefaults()
+	var errs []FieldError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+	tooLarge := func(field, format string, args ...any) {
+		errs = append(errs, FieldError{Field: field, Message: fmt.Sprintf(format, args...), TooLarge: true})
+	}
+	text := func(field, v string, header bool) {
+		if !utf8.ValidString(v) {
+			add(field, "not valid UTF-8")
+		}
+		if header && strings.ContainsAny(v, "\r\n") {
+			add(field, "%v", errCRLF)
+		}
+	}
+
+	if r.Id != "" && !ValidID(r.Id) {
+		add("Id", "must match [A-Za-z0-9_-]{1,128}")
+	}
+	n := 0
+	for _, f := range []struct {
+		name string
+		list AddressList
+	}{{"To", r.To}, {"CC", r.CC}, {"Bcc", r.Bcc}, {"ReplyTo", r.ReplyTo}} {
+		for i, s := range f.list {
+			if _, err := ParseAddress(s); err != nil {
+				add(fmt.Sprintf("%s[%d]", f.name, i), "%v", err)
+			}
+		}
+		if f.name != "ReplyTo" {
+			n += len(f.list)
+		}
+	}
+	if n == 0 {
+		add("", "no recipient: To, CC and Bcc are all empty")
+	}
+	if over(n, lim.MaxRecipients) {
+		tooLarge("", "%d recipients, more than the limit of %d", n, lim.MaxRecipients)
+	}
+	if r.From != "" {
+		if _, err := ParseAddress(r.From); err != nil {
+			add("From", "%v", err)
+		}
+	}
+	text("Subject", r.Subject, true)
+	if over(len(r.Subject), lim.MaxHeaderLength) {
+		tooLarge("Subject", "%d bytes, more than the limit of %d", len(r.Subject), lim.MaxHeaderLength)
+	}
+	text("Body", r.Body, false)
+	text("TextBody", r.TextBody, false)
+	if !r.Importance.Valid() {
+		add("Importance", "want High, Normal or Low, got %q", string(r.Importance))
+	}
+	text("Connection", r.Connection, true)
+
+	if over(len(r.Headers), lim.MaxHeaders) {
+		tooLarge("Headers", "%d headers, more than the limit of %d", len(r.Headers), lim.MaxHeaders)
+	}
+	for _, name := range slices.Sorted(maps.Keys(r.Headers)) {
+		v := r.Headers[name]
+		path := fmt.Sprintf("Headers[%q]", name)
+		switch {
+		case !validHeaderName(name):
+			add(path, "not a valid header name")
+		case IsStructuralHeader(name):
+			add(path, "a structural header can not be set through Headers")
+		}
+		text(path, v, true)
+		if over(len(v), lim.MaxHeaderLength) {
+			tooLarge(path, "%d bytes, more than the limit of %d", len(v), lim.MaxHeaderLength)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Metadata)) {
+		text(fmt.Sprintf("Metadata[%q]", k), r.Metadata[k], false)
+	}
+
+	total := 0
+	for i := range r.Attachments {
+		a := &r.Attachments[i]
+		p := fmt.Sprintf("Attachments[%d].", i)
+		if strings.TrimSpace(a.FileName) == "" {
+			add(p+"FileName", "required")
+		}
+		text(p+"FileName", a.FileName, true)
+		text(p+"ContentId", a.ContentId, true)
+		if strings.ContainsAny(a.ContentId, "<> \t") {
+			add(p+"ContentId", "must not contain angle brackets or spaces")
+		}
+		if a.ContentType != "" {
+			if strings.ContainsAny(a.ContentType, "\r\n") {
+				add(p+"ContentType", "%v", errCRLF)
+			} else if _, _, err := mime.ParseMediaType(a.ContentType); err != nil {
+				add(p+"ContentType", "not a valid media type: %q", a.ContentType)
+			}
+		}
+		switch enc := strings.ToLower(strings.TrimSpace(a.ContentTransferEncoding)); enc {
+		case "", "none", "base64":
+		default:
+			add(p+"ContentTransferEncoding", "want base64 or none, got %q", a.ContentTransferEncoding)
+		}
+		b, err := a.Content()
+		if err != nil {
+			add(p+"ContentData", "not valid base64")
+		}
+		total += len(b)
+	}
+	if over(total, lim.MaxAttachmentBytes) {
+		tooLarge("Attachments", "%d bytes in all, more than the limit of %d", total, lim.MaxAttachmentBytes)
+	}
+	if len(errs) > 0 {
+		return &ValidationError{Fields: errs}
+	}
+	return nil
+}
