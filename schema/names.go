@@ -1,6 +1,9 @@
 package schema
 
-import "strings"
+import (
+	"encoding/json"
+	"strings"
+)
 
 // Names are the subjects and streams of one jetmail deployment. The zero
 // value is not useful; start from DefaultNames.
@@ -67,7 +70,7 @@ func (n Names) DeadSubjects() string { return n.Prefix + ".dead.>" }
 // be replayed.
 type DeadLetter struct {
 	// Request is the request payload exactly as it was published.
-	Request []byte `json:"Request"`
+	Request json.RawMessage `json:"Request"`
 	// Subject is the subject the request was published on.
 	Subject string `json:"Subject"`
 	// Result is the final failed result.
