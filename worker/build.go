@@ -1,0 +1,235 @@
+package worker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"html"
+	"maps"
+	"mime"
+	"net/mail"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	gomail "github.com/wneessen/go-mail"
+
+	"github.com/jetmail/jetmail/schema"
+)
+
+// Envelope is one message ready to be sent: the SMTP envelope and the
+// rendered go-mail message.
+type Envelope struct {
+	// ID is the request's Id.
+	ID string
+	// Connection is the name of the SMTP connection to send through.
+	Connection string
+	// From is the envelope sender (MAIL FROM), a bare address.
+	From string
+	// To is every envelope recipient (RCPT TO), Bcc included, as bare
+	// addresses without duplicates.
+	To []string
+	// MessageID is the Message-ID header's value without angle brackets.
+	MessageID string
+	// Msg is the message itself.
+	Msg *gomail.Msg
+}
+
+// BuildOptions are the settings of Build that do not come from the request.
+type BuildOptions struct {
+	// DefaultFrom is the sender when the request has no From.
+	DefaultFrom string
+	// Date is the Date header; the worker passes the time the request was
+	// first published, so that the message is the same on every attempt.
+	// Zero means now.
+	Date time.Time
+}
+
+// errNoSender is returned by Build when neither the request nor the
+// connection names a sender.
+var errNoSender = errors.New("no From and the connection has no default sender")
+
+// Build renders req as a MIME message with go-mail: display names and UTF-8
+// subjects (RFC 2047), HTML with a plain-text alternative, attachments and
+// inline parts with Content-ID, file names in RFC 2231, Importance and
+// X-Priority, Reply-To, the extra headers, a Message-ID derived from the Id
+// (so the same on every retry) and Date. req must have passed Validate;
+// Build's errors then only concern the sender.
+func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
+	fromStr := req.From
+	if fromStr == "" {
+		fromStr = opts.DefaultFrom
+	}
+	if fromStr == "" {
+		return nil, errNoSender
+	}
+	from, err := schema.ParseAddress(fromStr)
+	if err != nil {
+		return nil, fmt.Errorf("from: %w", err)
+	}
+	m := gomail.NewMsg(gomail.WithCharset(gomail.CharsetUTF8), gomail.WithNoDefaultUserAgent())
+	m.FromMailAddress(from)
+	env := &Envelope{ID: req.Id, Connection: req.Connection, From: from.Address, Msg: m}
+	seen := map[string]bool{}
+	for _, l := range []struct {
+		list schema.AddressList
+		set  func(...*mail.Address)
+	}{{req.To, m.ToMailAddress}, {req.CC, m.CcMailAddress}, {req.Bcc, m.BccMailAddress}} {
+		addrs, err := l.list.Addresses()
+		if err != nil {
+			return nil, err
+		}
+		if len(addrs) > 0 {
+			l.set(addrs...)
+		}
+		for _, a := range addrs {
+			if k := strings.ToLower(a.Address); !seen[k] {
+				seen[k] = true
+				env.To = append(env.To, a.Address)
+			}
+		}
+	}
+	if len(req.ReplyTo) > 0 {
+		addrs, err := req.ReplyTo.Addresses()
+		if err != nil {
+			return nil, err
+		}
+		m.ReplyToMailAddress(addrs...)
+	}
+	m.Subject(req.Subject)
+	date := opts.Date
+	if date.IsZero() {
+		date = time.Now()
+	}
+	m.SetDateWithValue(date)
+	env.MessageID = messageID(req.Id, from.Address)
+	m.SetMessageIDWithValue(env.MessageID)
+	switch req.Importance {
+	case schema.ImportanceHigh:
+		m.SetImportance(gomail.ImportanceHigh)
+	case schema.ImportanceLow:
+		m.SetImportance(gomail.ImportanceLow)
+	}
+	m.SetUserAgent("jetmail")
+	for _, name := range slices.Sorted(maps.Keys(req.Headers)) {
+		m.SetGenHeader(gomail.Header(name), req.Headers[name])
+	}
+
+	if req.IsHtml {
+		text := req.TextBody
+		if text == "" {
+			text = htmlToText(req.Body)
+		}
+		m.SetBodyString(gomail.TypeTextPlain, text)
+		m.AddAlternativeString(gomail.TypeTextHTML, req.Body)
+	} else {
+		m.SetBodyString(gomail.TypeTextPlain, req.Body)
+	}
+
+	for i := range req.Attachments {
+		a := &req.Attachments[i]
+		data, err := a.Content()
+		if err != nil {
+			return nil, fmt.Errorf("attachments[%d]: %w", i, err)
+		}
+		ct := a.ContentType
+		if ct == "" {
+			ct = mime.TypeByExtension(strings.ToLower(filepath.Ext(a.FileName)))
+		}
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		fileOpts := []gomail.FileOption{
+			gomail.WithFileContentType(gomail.ContentType(ct)),
+			fileHeaders(a.FileName, ct, a.ContentId),
+		}
+		if a.ContentId != "" {
+			err = m.EmbedReader(a.FileName, bytes.NewReader(data), fileOpts...)
+		} else {
+			err = m.AttachReader(a.FileName, bytes.NewReader(data), fileOpts...)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("attachments[%d]: %w", i, err)
+		}
+	}
+	return env, nil
+}
+
+// fileHeaders sets the part headers that name a file: Content-Type with a
+// name parameter and Content-Disposition with a filename parameter, both
+// formatted by mime.FormatMediaType, which uses RFC 2231 for non-ASCII
+// names; and Content-ID for inline parts.
+func fileHeaders(name, contentType, contentID string) gomail.FileOption {
+	return func(f *gomail.File) {
+		mt, params, err := mime.ParseMediaType(contentType)
+		if err != nil {
+			mt, params = "application/octet-stream", nil
+		}
+		if params == nil {
+			params = map[string]string{}
+		}
+		params["name"] = name
+		if v := mime.FormatMediaType(mt, params); v != "" {
+			f.Header.Set("Content-Type", v)
+		}
+		disp := "attachment"
+		if contentID != "" {
+			disp = "inline"
+			f.Header.Set("Content-ID", "<"+contentID+">")
+		}
+		if v := mime.FormatMediaType(disp, map[string]string{"filename": name}); v != "" {
+			f.Header.Set("Content-Disposition", v)
+		}
+	}
+}
+
+// messageID derives the Message-ID from the Id and the sender's domain, so
+// that every attempt of a message carries the same one.
+func messageID(id, from string) string {
+	domain := "jetmail.invalid"
+	if at := strings.LastIndexByte(from, '@'); at >= 0 && at < len(from)-1 {
+		domain = from[at+1:]
+	}
+	return id + ".jetmail@" + domain
+}
+
+var (
+	reDropBlocks = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)\s*>`)
+	reLink       = regexp.MustCompile(`(?is)<a\b[^>]*\bhref\s*=\s*["']([^"']+)["'][^>]*>(.*?)</a\s*>`)
+	reBreak      = regexp.MustCompile(`(?i)<br\s*/?>`)
+	reBlockEnd   = regexp.MustCompile(`(?i)</(p|div|h[1-6]|li|tr|table|blockquote|pre)\s*>`)
+	reListItem   = regexp.MustCompile(`(?i)<li\b[^>]*>`)
+	reTag        = regexp.MustCompile(`(?s)<[^>]*>`)
+	reSpaces     = regexp.MustCompile(`[ \t\r\f\v]+`)
+	reBlankLines = regexp.MustCompile(`\n\s*\n\s*\n+`)
+)
+
+// htmlToText derives the plain-text alternative of an HTML body: scripts and
+// styles dropped, links kept as "text (url)", block ends as line breaks,
+// entities decoded.
+func htmlToText(s string) string {
+	s = reDropBlocks.ReplaceAllString(s, "")
+	s = reLink.ReplaceAllStringFunc(s, func(m string) string {
+		sub := reLink.FindStringSubmatch(m)
+		text := strings.TrimSpace(reTag.ReplaceAllString(sub[2], ""))
+		href := sub[1]
+		if text == "" || text == href || strings.HasPrefix(href, "cid:") {
+			return text
+		}
+		return text + " (" + href + ")"
+	})
+	s = reBreak.ReplaceAllString(s, "\n")
+	s = reBlockEnd.ReplaceAllString(s, "\n\n")
+	s = reListItem.ReplaceAllString(s, "\n- ")
+	s = reTag.ReplaceAllString(s, "")
+	s = html.UnescapeString(s)
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimSpace(reSpaces.ReplaceAllString(l, " "))
+	}
+	s = strings.Join(lines, "\n")
+	s = reBlankLines.ReplaceAllString(s, "\n\n")
+	return strings.TrimSpace(s)
+}

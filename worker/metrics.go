@@ -1,0 +1,87 @@
+package worker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the Prometheus collectors of a worker (contract §6), all in
+// the jetmail_ namespace. They are safe for concurrent use.
+type Metrics struct {
+	// Requests counts requests taken off the stream by outcome: accepted,
+	// invalid, duplicate.
+	Requests *prometheus.CounterVec
+	// Results counts result events published, by state and status.
+	Results *prometheus.CounterVec
+	// SMTPAttempts counts SMTP transactions by connection and outcome: ok,
+	// transient, permanent.
+	SMTPAttempts *prometheus.CounterVec
+	// SMTPSend observes the duration of one SMTP transaction (or file
+	// write), by connection.
+	SMTPSend *prometheus.HistogramVec
+	// DeliveryLatency observes the time from the first publish of a request
+	// to its final result.
+	DeliveryLatency prometheus.Histogram
+	// Inflight is the number of messages the worker holds now.
+	Inflight prometheus.Gauge
+	// QueuePending is the number of requests waiting in the stream for the
+	// consumer, refreshed periodically.
+	QueuePending prometheus.Gauge
+	// SMTPConnections is the number of open SMTP connections, by
+	// connection.
+	SMTPConnections *prometheus.GaugeVec
+	// DeadLetters counts requests copied to the dead-letter stream.
+	DeadLetters prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them on reg (a nil reg
+// registers nothing, for tests that do not look).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "requests_total",
+			Help: "Requests taken off the stream, by outcome (accepted, invalid, duplicate).",
+		}, []string{"outcome"}),
+		Results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "results_total",
+			Help: "Result events published, by state and status.",
+		}, []string{"state", "status"}),
+		SMTPAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "smtp_attempts_total",
+			Help: "SMTP delivery attempts, by connection and outcome (ok, transient, permanent).",
+		}, []string{"connection", "outcome"}),
+		SMTPSend: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "jetmail", Name: "smtp_send_seconds",
+			Help:    "Duration of one SMTP transaction, by connection.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"connection"}),
+		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "jetmail", Name: "delivery_latency_seconds",
+			Help:    "Time from the first publish of a request to its final result.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400},
+		}),
+		Inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "inflight",
+			Help: "Messages this worker holds now.",
+		}),
+		QueuePending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "queue_pending",
+			Help: "Requests waiting in the stream for the consumer.",
+		}),
+		SMTPConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "smtp_connections",
+			Help: "Open SMTP connections, by connection.",
+		}, []string{"connection"}),
+		DeadLetters: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "dead_letters_total",
+			Help: "Requests copied to the dead-letter stream.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.SMTPConnections, m.DeadLetters)
+	}
+	for _, o := range []string{"accepted", "invalid", "duplicate"} {
+		m.Requests.WithLabelValues(o)
+	}
+	return m
+}

@@ -1,0 +1,97 @@
+package worker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// RetryPolicy decides when a transiently failed message is tried again and
+// when it is given up. The delays come from an exponential backoff
+// (cenkalti/backoff/v4); the waiting happens in JetStream (NakWithDelay), not
+// in the worker, so a deferred message occupies no goroutine and survives a
+// restart. The attempt number is JetStream's delivery count, so attempts are
+// counted across all workers.
+//
+// The zero value is not useful; see DefaultRetryPolicy.
+type RetryPolicy struct {
+	// Initial is the delay before the second attempt. Default 30s.
+	Initial time.Duration
+	// Multiplier is the growth of the delay per attempt. Default 2.
+	Multiplier float64
+	// Jitter is the randomization factor: each delay is drawn from
+	// [d*(1-Jitter), d*(1+Jitter)]. Default 0.2; 0 gives exact delays.
+	Jitter float64
+	// MaxInterval caps a single delay. Default 30m.
+	MaxInterval time.Duration
+	// MaxAttempts is the number of attempts after which a transiently
+	// failing message fails with status 500 (401 for authentication).
+	// Default 12.
+	MaxAttempts int
+	// MaxAge is the age, from the first publish, after which a transiently
+	// failing message fails instead of being deferred. Default 48h.
+	MaxAge time.Duration
+}
+
+// DefaultRetryPolicy is the policy of the contract's defaults: 30s, ×2, up
+// to 30m, 12 attempts, 48h.
+var DefaultRetryPolicy = RetryPolicy{
+	Initial:     30 * time.Second,
+	Multiplier:  2,
+	Jitter:      0.2,
+	MaxInterval: 30 * time.Minute,
+	MaxAttempts: 12,
+	MaxAge:      48 * time.Hour,
+}
+
+func (p RetryPolicy) validate() error {
+	switch {
+	case p.Initial <= 0:
+		return fmt.Errorf("retry initial interval must be positive, got %s", p.Initial)
+	case p.Multiplier < 1:
+		return fmt.Errorf("retry multiplier must be at least 1, got %g", p.Multiplier)
+	case p.Jitter < 0 || p.Jitter >= 1:
+		return fmt.Errorf("retry jitter must be in [0, 1), got %g", p.Jitter)
+	case p.MaxInterval < p.Initial:
+		return fmt.Errorf("retry max interval %s is below the initial interval %s", p.MaxInterval, p.Initial)
+	case p.MaxAttempts < 1:
+		return fmt.Errorf("max attempts must be at least 1, got %d", p.MaxAttempts)
+	case p.MaxAge <= 0:
+		return fmt.Errorf("max age must be positive, got %s", p.MaxAge)
+	}
+	return nil
+}
+
+// Delay returns how long to wait after attempt n (1-based) before the next
+// one. It builds a fresh backoff each call, because ExponentialBackOff is
+// stateful and not safe to share between goroutines; MaxElapsedTime is
+// disabled since MaxAge is enforced from the stream timestamp instead.
+func (p RetryPolicy) Delay(n int) time.Duration {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(p.Initial),
+		backoff.WithMultiplier(p.Multiplier),
+		backoff.WithRandomizationFactor(p.Jitter),
+		backoff.WithMaxInterval(p.MaxInterval),
+		backoff.WithMaxElapsedTime(0),
+	)
+	d := p.Initial
+	for range max(n, 1) {
+		d = b.NextBackOff()
+	}
+	return d
+}
+
+// Next decides what follows a transient failure of attempt n for a message
+// first published at firstSeen: the time of the next attempt, or ok=false
+// when attempts or age have run out.
+func (p RetryPolicy) Next(n int, firstSeen, now time.Time) (next time.Time, ok bool) {
+	if n >= p.MaxAttempts {
+		return time.Time{}, false
+	}
+	next = now.Add(p.Delay(n))
+	if next.Sub(firstSeen) > p.MaxAge {
+		return time.Time{}, false
+	}
+	return next, true
+}
