@@ -199,7 +199,7 @@ var (
 	reDropBlocks = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)\s*>`)
 	reLink       = regexp.MustCompile(`(?is)<a\b[^>]*\bhref\s*=\s*["']([^"']+)["'][^>]*>(.*?)</a\s*>`)
 	reBreak      = regexp.MustCompile(`(?i)<br\s*/?>`)
-	reBlockEnd   = regexp.MustCompile(`(?i)</(p|div|h[1-6]|li|tr|table|blockquote|pre)\s*>`)
+	reBlockEnd   = regexp.MustCompile(`(?i)</(p|div|h[1-6]|tr|table|blockquote|pre|ul|ol)\s*>`)
 	reListItem   = regexp.MustCompile(`(?i)<li\b[^>]*>`)
 	reTag        = regexp.MustCompile(`(?s)<[^>]*>`)
 	reSpaces     = regexp.MustCompile(`[ \t\r\f\v]+`)
