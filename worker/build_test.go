@@ -187,14 +187,14 @@ func TestBuildPlainAndDefaults(t *testing.T) {
 func TestHTMLToText(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"<p>a</p><p>b</p>":                         "a\n\nb",
-		"x<br>y<br/>z":                              "x\ny\nz",
-		"<style>p{}</style><script>x()</script>hi":  "hi",
-		`<a href="https://e.x">link</a>`:            "link (https://e.x)",
-		`<a href="https://e.x">https://e.x</a>`:     "https://e.x",
+		"<p>a</p><p>b</p>": "a\n\nb",
+		"x<br>y<br/>z":     "x\ny\nz",
+		"<style>p{}</style><script>x()</script>hi": "hi",
+		`<a href="https://e.x">link</a>`:           "link (https://e.x)",
+		`<a href="https://e.x">https://e.x</a>`:    "https://e.x",
 		"<ul><li>one</li><li>two</li></ul>":        "- one\n- two",
-		"&lt;tag&gt; &amp; &#x17c;":                 "<tag> & ż",
-		"  lots   of\n\n\n\n\nspace  ":              "lots of\n\nspace",
+		"&lt;tag&gt; &amp; &#x17c;":                "<tag> & ż",
+		"  lots   of\n\n\n\n\nspace  ":             "lots of\n\nspace",
 	} {
 		if got := htmlToText(in); got != want {
 			t.Errorf("htmlToText(%q) = %q, want %q", in, got, want)

@@ -240,9 +240,9 @@ type smtpPool struct {
 	metrics *Metrics
 	log     *slog.Logger
 
-	idle chan *session    // sessions ready for use
-	sem  chan struct{}    // one token per open session
-	mu   sync.Mutex       // guards closed
+	idle chan *session // sessions ready for use
+	sem  chan struct{} // one token per open session
+	mu   sync.Mutex    // guards closed
 	done bool
 }
 

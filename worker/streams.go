@@ -62,7 +62,7 @@ func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) 
 		// MaxAttempts is enforced in code; this is a backstop a few
 		// deliveries above it, so the server never stops redelivering
 		// before a final event is published.
-		MaxDeliver:    c.Retry.MaxAttempts + 3,
+		MaxDeliver: c.Retry.MaxAttempts + 3,
 		// Deferred messages (NakWithDelay) stay pending on the server,
 		// so this bounds how many messages may wait for a retry; it is
 		// large so that an outage of one relay does not stall the rest.
