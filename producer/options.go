@@ -1,0 +1,92 @@
+package producer
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jetmail/jetmail/schema"
+	"github.com/nats-io/nuid"
+)
+
+// An Option configures a Producer in New. Options validate their argument
+// and New returns their error, which wraps ErrInvalidOption.
+type Option func(*options) error
+
+// options are the settings of a Producer, fixed by New.
+type options struct {
+	prefix       string
+	resultStream string
+	idFunc       func() string
+}
+
+func defaultOptions() options {
+	n := schema.DefaultNames()
+	return options{prefix: n.Prefix, resultStream: n.ResultStream, idFunc: nuid.Next}
+}
+
+// WithSubjectPrefix sets the first token of every subject the producer
+// uses: requests go to <prefix>.send and results are read from
+// <prefix>.result.<Id>. The default is "mail". It must match the workers'
+// --subject-prefix, and be a single NATS token (no '.', '*', '>' or
+// whitespace).
+func WithSubjectPrefix(p string) Option {
+	return func(o *options) error {
+		if !schema.ValidToken(p) {
+			return fmt.Errorf("%w: subject prefix %q is not a single NATS token", ErrInvalidOption, p)
+		}
+		o.prefix = p
+		return nil
+	}
+}
+
+// WithResultStream sets the name of the JetStream stream that holds the
+// result events, read by Status, Wait and Results. The default is
+// "JETMAIL_RESULTS". It must be a valid stream name (no '.', '*', '>',
+// whitespace or path separators).
+func WithResultStream(name string) Option {
+	return func(o *options) error {
+		if name == "" || strings.ContainsAny(name, ".*> \t\r\n/\\") {
+			return fmt.Errorf("%w: result stream name %q is not a valid stream name", ErrInvalidOption, name)
+		}
+		o.resultStream = name
+		return nil
+	}
+}
+
+// WithIDFunc sets the function that generates the Id of a request that has
+// none. The default is nuid.Next, which is fast, safe for concurrent use and
+// unique across processes. f is called from every goroutine that publishes,
+// so it must be safe for concurrent use, and each Id it returns must match
+// [A-Za-z0-9_-]{1,128}: New calls it once to check that, and a publish that
+// gets an invalid Id from it fails with an error wrapping ErrInvalidOption.
+func WithIDFunc(f func() string) Option {
+	return func(o *options) error {
+		if f == nil {
+			return fmt.Errorf("%w: Id function is nil", ErrInvalidOption)
+		}
+		o.idFunc = f
+		return nil
+	}
+}
+
+// A PublishOption sets something for one publish call, such as extra
+// subject tokens. Invalid settings are reported by the publish method, with
+// an error wrapping ErrInvalidOption.
+type PublishOption func(*publishOptions)
+
+// publishOptions are the settings of one publish call.
+type publishOptions struct {
+	tokens []string
+}
+
+// WithSubjectTokens appends tokens to the send subject of one publish, so
+// that the request goes to mail.send.<token>... (for example a tenant and
+// a priority: mail.send.acme.high). The request stream takes mail.send.>,
+// so the tokens are for consumers and permissions to select on; workers
+// treat every such request alike. Each token must be a single NATS token;
+// with no tokens the subject is mail.send.
+func WithSubjectTokens(tokens ...string) PublishOption {
+	return func(o *publishOptions) {
+		o.tokens = append(o.tokens, tokens...)
+	}
+}
