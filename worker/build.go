@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"html"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	gomail "github.com/wneessen/go-mail"
 
@@ -98,7 +100,7 @@ func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 		}
 		m.ReplyToMailAddress(addrs...)
 	}
-	m.Subject(req.Subject)
+	setText(m, gomail.HeaderSubject, req.Subject)
 	date := opts.Date
 	if date.IsZero() {
 		date = time.Now()
@@ -114,7 +116,7 @@ func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 	}
 	m.SetUserAgent("jetmail")
 	for _, name := range slices.Sorted(maps.Keys(req.Headers)) {
-		m.SetGenHeader(gomail.Header(name), req.Headers[name])
+		setText(m, gomail.Header(name), req.Headers[name])
 	}
 
 	if req.IsHtml {
@@ -155,6 +157,33 @@ func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 		}
 	}
 	return env, nil
+}
+
+// setText sets an unstructured header field. go-mail RFC 2047-encodes
+// values that are not plain ASCII; a plain-ASCII value that contains "=?"
+// would be read back as an encoded word, so it is encoded too.
+func setText(m *gomail.Msg, h gomail.Header, v string) {
+	if !strings.Contains(v, "=?") {
+		m.SetGenHeader(h, v)
+		return
+	}
+	m.SetGenHeaderPreformatted(h, encodeWords(v))
+}
+
+// encodeWords encodes s as base64 encoded words (RFC 2047) of at most 75
+// characters each, never splitting a UTF-8 sequence.
+func encodeWords(s string) string {
+	const maxChunk = 45 // 60 base64 characters, 72 with the =?UTF-8?b?…?= frame
+	var words []string
+	for len(s) > 0 {
+		n := min(len(s), maxChunk)
+		for n < len(s) && n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		words = append(words, "=?UTF-8?b?"+base64.StdEncoding.EncodeToString([]byte(s[:n]))+"?=")
+		s = s[n:]
+	}
+	return strings.Join(words, "\r\n ")
 }
 
 // fileHeaders sets the part headers that name a file: Content-Type with a

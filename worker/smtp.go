@@ -529,12 +529,12 @@ func (p *smtpPool) transact(ctx context.Context, s *session, env *Envelope) (d D
 	// After a failed command the transaction is reset so the session can
 	// carry the next message; a failed RSET means the session is unusable.
 	reset := func() bool { return s.c.Reset() == nil }
-	if err := s.c.Mail(env.From); err != nil {
+	if err := s.c.Mail("<" + env.From + ">"); err != nil {
 		return d, withOp("mail", err), isReply(err) && reset()
 	}
 	var fails []rcptFailure
 	for _, rcpt := range env.To {
-		if err := s.c.Rcpt(rcpt); err != nil {
+		if err := s.c.Rcpt("<" + rcpt + ">"); err != nil {
 			if !isReply(err) {
 				return d, withOp("rcpt", err), false
 			}
