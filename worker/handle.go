@@ -311,22 +311,24 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 			log.WarnContext(ctx, "accepted event not acknowledged in time")
 		}
 	}
-	if d.event != nil {
-		if d.event.Time.IsZero() {
-			d.event.Time = w.now()
+	if d.event != nil && d.event.Time.IsZero() {
+		d.event.Time = w.now()
+	}
+	// The dead letter goes first, so that whoever sees a final failure can
+	// find it for replay.
+	if d.dead {
+		if err := w.publishDead(ctx, j, d.event); err != nil {
+			log.ErrorContext(ctx, "cannot store dead letter; leaving the message for redelivery", "error", err)
+			return
 		}
+	}
+	if d.event != nil {
 		if err := w.publishResult(ctx, j, d.event); err != nil {
 			log.ErrorContext(ctx, "cannot store result; leaving the message for redelivery", "state", d.event.State, "error", err)
 			return
 		}
 		if d.event.Final() {
 			w.metrics.DeliveryLatency.Observe(d.event.Time.Sub(j.firstSeen).Seconds())
-		}
-	}
-	if d.dead {
-		if err := w.publishDead(ctx, j, d.event); err != nil {
-			log.ErrorContext(ctx, "cannot store dead letter; leaving the message for redelivery", "error", err)
-			return
 		}
 	}
 	var err error
