@@ -235,7 +235,9 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 			return nil, err
 		}
 		w.transport = ft
-		w.senders["default"] = senderPolicy{}
+		// The outbox is for trying jetmail out: let `jetmail send --to x`
+		// work without a sender.
+		w.senders["default"] = senderPolicy{defaultFrom: "jetmail@localhost"}
 	} else {
 		st, err := NewSMTPTransport(cfg.Connections, w.metrics, logger)
 		if err != nil {
