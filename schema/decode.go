@@ -5,16 +5,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
 
 // Decode parses a request payload. Keys are matched case-insensitively and
-// unknown keys are ignored, so connector payloads decode unchanged. A payload
-// that is not a JSON object, or whose values have the wrong types, yields a
-// *ValidationError naming every offending field.
+// unknown keys are ignored, so connector payloads decode unchanged; JSON null
+// is the same as an absent key. A payload that is not a JSON object, whose
+// values have the wrong types, or that has an attachment without ContentData
+// yields a *ValidationError naming every offending field, in the order of
+// the contract's table.
 //
-// Decode does not check the rules of the contract; call Validate for that.
+// Decode checks only the shape of the payload, not the rules of the contract;
+// call Validate for those. Empty Headers and Metadata objects decode as nil
+// maps, so that a decoded request equals the decoding of its own encoding.
 func Decode(data []byte) (*Request, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -29,85 +34,155 @@ func Decode(data []byte) (*Request, error) {
 		}
 		return nil, &ValidationError{Fields: []FieldError{{Field: "", Message: msg}}}
 	}
+	if raw == nil {
+		return nil, &ValidationError{Fields: []FieldError{{Field: "", Message: "want a JSON object, got null"}}}
+	}
 	var r Request
-	var errs []FieldError
-	decodeObject(raw, "", map[string]any{
-		"to": &r.To, "cc": &r.CC, "bcc": &r.Bcc, "from": &r.From,
-		"subject": &r.Subject, "body": &r.Body, "ishtml": &r.IsHtml,
-		"importance": &r.Importance, "id": &r.Id, "replyto": &r.ReplyTo,
-		"textbody": &r.TextBody, "headers": &r.Headers,
-		"connection": &r.Connection, "metadata": &r.Metadata,
-	}, &errs)
-	if v, ok := lookupFold(raw, "attachments"); ok && !isNull(v) {
+	d := decoder{obj: raw}
+	d.value("To", &r.To)
+	d.value("CC", &r.CC)
+	d.value("Bcc", &r.Bcc)
+	d.value("From", &r.From)
+	d.value("Subject", &r.Subject)
+	d.value("Body", &r.Body)
+	d.value("IsHtml", &r.IsHtml)
+	d.value("Importance", &r.Importance)
+	if v, ok := lookupFold(raw, "Attachments"); ok && !isNull(v) {
 		var items []json.RawMessage
 		if err := json.Unmarshal(v, &items); err != nil {
-			errs = append(errs, FieldError{Field: "Attachments", Message: "want an array of objects"})
+			d.fail("Attachments", "want an array of objects")
 		}
 		for i, item := range items {
 			path := fmt.Sprintf("Attachments[%d]", i)
 			var obj map[string]json.RawMessage
 			if err := json.Unmarshal(item, &obj); err != nil || obj == nil {
-				errs = append(errs, FieldError{Field: path, Message: "want an object"})
+				d.fail(path, "want an object")
 				continue
 			}
 			var a Attachment
-			decodeObject(obj, path+".", map[string]any{
-				"contentdata": &a.ContentData, "contenttype": &a.ContentType,
-				"contenttransferencoding": &a.ContentTransferEncoding,
-				"filename":                &a.FileName, "contentid": &a.ContentId,
-			}, &errs)
+			ad := decoder{obj: obj, prefix: path + ".", errs: d.errs}
+			if v, ok := lookupFold(obj, "ContentData"); !ok || isNull(v) {
+				ad.fail("ContentData", "required")
+			} else {
+				ad.value("ContentData", &a.ContentData)
+			}
+			ad.value("ContentType", &a.ContentType)
+			ad.value("ContentTransferEncoding", &a.ContentTransferEncoding)
+			ad.value("FileName", &a.FileName)
+			ad.value("ContentId", &a.ContentId)
+			d.errs = ad.errs
 			r.Attachments = append(r.Attachments, a)
 		}
 	}
-	if len(errs) > 0 {
-		slices.SortFunc(errs, func(a, b FieldError) int { return strings.Compare(a.Field, b.Field) })
-		return nil, &ValidationError{Fields: errs}
+	d.value("Id", &r.Id)
+	d.value("ReplyTo", &r.ReplyTo)
+	d.value("TextBody", &r.TextBody)
+	r.Headers = d.stringMap("Headers")
+	d.value("Connection", &r.Connection)
+	r.Metadata = d.stringMap("Metadata")
+	if len(d.errs) > 0 {
+		return nil, &ValidationError{Fields: d.errs}
 	}
 	return &r, nil
 }
 
-// fieldNames maps the lower-case keys that decodeObject matches to the
-// contract's spelling, for error messages.
-var fieldNames = map[string]string{
-	"to": "To", "cc": "CC", "bcc": "Bcc", "from": "From", "subject": "Subject",
-	"body": "Body", "ishtml": "IsHtml", "importance": "Importance", "id": "Id",
-	"replyto": "ReplyTo", "textbody": "TextBody", "headers": "Headers",
-	"connection": "Connection", "metadata": "Metadata",
-	"contentdata": "ContentData", "contenttype": "ContentType",
-	"contenttransferencoding": "ContentTransferEncoding",
-	"filename":                "FileName", "contentid": "ContentId",
+// decoder decodes the values of one JSON object, collecting a FieldError
+// per value of the wrong type.
+type decoder struct {
+	obj    map[string]json.RawMessage
+	prefix string // path of the object, with a trailing dot
+	errs   []FieldError
 }
 
-// decodeObject unmarshals each known key of obj (matched without regard to
-// case) into its target, recording a FieldError per value of the wrong type.
-// JSON null leaves a target at its zero value.
-func decodeObject(obj map[string]json.RawMessage, prefix string, targets map[string]any, errs *[]FieldError) {
-	for key, target := range targets {
-		v, ok := lookupFold(obj, key)
-		if !ok || isNull(v) {
-			continue
-		}
-		if err := json.Unmarshal(v, target); err != nil {
-			*errs = append(*errs, FieldError{Field: prefix + fieldNames[key], Message: typeMessage(err)})
+func (d *decoder) fail(field, msg string) {
+	d.errs = append(d.errs, FieldError{Field: d.prefix + field, Message: msg})
+}
+
+// value unmarshals the value of key (matched without regard to case) into
+// target. JSON null leaves target at its zero value.
+func (d *decoder) value(key string, target any) {
+	v, ok := lookupFold(d.obj, key)
+	if !ok || isNull(v) {
+		return
+	}
+	if err := json.Unmarshal(v, target); err != nil {
+		d.fail(key, typeMessage(err))
+	}
+}
+
+// stringMap decodes the value of key as an object of strings, naming the
+// entry at fault in errors. Null entries are empty strings. An empty object
+// yields nil.
+func (d *decoder) stringMap(key string) map[string]string {
+	v, ok := lookupFold(d.obj, key)
+	if !ok || isNull(v) {
+		return nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(v, &raw); err != nil {
+		d.fail(key, "want an object of strings, got "+jsonKind(v))
+		return nil
+	}
+	if len(raw) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(raw))
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		var s string
+		if isNull(raw[k]) {
+			m[k] = ""
+		} else if err := json.Unmarshal(raw[k], &s); err != nil {
+			d.fail(fmt.Sprintf("%s[%q]", key, k), "want a string, got "+jsonKind(raw[k]))
+		} else {
+			m[k] = s
 		}
 	}
+	return m
 }
 
 // lookupFold finds key in obj without regard to case. When an object holds
-// the same key in several spellings, the exact lower-case one wins, then any.
+// the same key in several spellings, the lower-case one wins, then the
+// contract's spelling (key), then the first of the others in byte order, so
+// that the outcome does not depend on map order.
 func lookupFold(obj map[string]json.RawMessage, key string) (json.RawMessage, bool) {
+	if v, ok := obj[strings.ToLower(key)]; ok {
+		return v, true
+	}
 	if v, ok := obj[key]; ok {
 		return v, true
 	}
-	for k, v := range obj {
-		if strings.EqualFold(k, key) {
-			return v, true
+	best, found := "", false
+	for k := range obj {
+		if strings.EqualFold(k, key) && (!found || k < best) {
+			best, found = k, true
 		}
 	}
-	return nil, false
+	return obj[best], found
 }
 
 func isNull(v json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(v), []byte("null")) }
+
+// jsonKind names the kind of a JSON value as encoding/json does in its
+// errors: "string", "number", "bool", "array", "object" or "null".
+func jsonKind(v json.RawMessage) string {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return "nothing"
+	}
+	switch v[0] {
+	case '"':
+		return "string"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
 
 // typeMessage turns a json error for a single value into a short message.
 func typeMessage(err error) string {

@@ -9,9 +9,14 @@
 // payload; Request.Validate checks every rule of the contract at once and
 // reports each broken rule with its field path.
 //
-// The JSON Schema documents request.schema.json and result.schema.json in this
-// folder describe the same formats for other languages; a test keeps them and
-// the Go validator in agreement on the payloads under examples/.
+// The JSON Schema (draft 2020-12) documents request.schema.json and
+// result.schema.json in this folder describe the same formats for other
+// languages, keys in any case included. Tests keep them and the Go code in
+// agreement: on the payloads under examples/ (valid ones pass both, those
+// under examples/invalid/ fail both), and on generated and fuzzed payloads,
+// where the schema accepts whatever Go accepts and rejects the rest but for
+// the rules it leaves to Go: the full syntax of addresses and of media type
+// parameters, and the size limits of Limits.
 //
 // The package imports nothing but the standard library, so producers in Go can
 // use it without pulling in NATS or SMTP code.

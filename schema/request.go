@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"unicode/utf8"
 )
 
 // Request is one email-send request as published on the mail.send subject.
@@ -16,10 +17,12 @@ import (
 // matched case-insensitively when decoding.
 type Request struct {
 	// To, CC and Bcc are the recipients. At least one of the three must be
-	// non-empty. Bcc recipients get the message but never appear in its
-	// headers.
-	To  AddressList `json:"To,omitempty"`
-	CC  AddressList `json:"CC,omitempty"`
+	// non-empty.
+	To AddressList `json:"To,omitempty"`
+	// CC are the carbon-copy recipients.
+	CC AddressList `json:"CC,omitempty"`
+	// Bcc are the blind-copy recipients: they get the message but never
+	// appear in its headers.
 	Bcc AddressList `json:"Bcc,omitempty"`
 	// From is the sender, optionally with a display name. Empty means the
 	// connection's default sender.
@@ -74,14 +77,17 @@ type Attachment struct {
 	ContentId string `json:"ContentId,omitempty"`
 }
 
-// IsBase64 reports whether ContentData is base64-encoded.
+// IsBase64 reports whether ContentData is base64-encoded, that is whether
+// ContentTransferEncoding is "base64" in any case.
 func (a *Attachment) IsBase64() bool {
-	return strings.EqualFold(strings.TrimSpace(a.ContentTransferEncoding), "base64")
+	return strings.EqualFold(a.ContentTransferEncoding, "base64")
 }
 
 // Content returns the attachment's bytes, decoding base64 when
-// ContentTransferEncoding says so. Line breaks and spaces inside base64 data
-// are ignored, as MIME encoders insert them.
+// ContentTransferEncoding says so. Line breaks, spaces and tabs inside base64
+// data are ignored, as MIME encoders insert them. The padding may be complete
+// or left out, but not partial or excessive: "QQ==" and "QQ" decode, "QQ="
+// and "QQ===" do not.
 func (a *Attachment) Content() ([]byte, error) {
 	if !a.IsBase64() {
 		return []byte(a.ContentData), nil
@@ -93,15 +99,12 @@ func (a *Attachment) Content() ([]byte, error) {
 		}
 		return r
 	}, a.ContentData)
-	b, err := base64.StdEncoding.DecodeString(clean)
-	if err != nil {
-		// Some encoders omit the padding.
-		if b2, err2 := base64.RawStdEncoding.DecodeString(strings.TrimRight(clean, "=")); err2 == nil {
-			return b2, nil
-		}
-		return nil, err
+	enc := base64.StdEncoding
+	if len(clean)%4 != 0 {
+		// Some encoders omit the padding; then there must be none at all.
+		enc = base64.RawStdEncoding
 	}
-	return b, nil
+	return enc.DecodeString(clean)
 }
 
 // AddressList is a list of addresses. In JSON it is either one string with
@@ -137,7 +140,7 @@ func (l *AddressList) UnmarshalJSON(data []byte) error {
 		*l = out
 		return nil
 	default:
-		return fmt.Errorf("want a string or an array of strings, got %.20s", data)
+		return fmt.Errorf("want a string or an array of strings, got %s", snippet(data))
 	}
 }
 
@@ -155,36 +158,39 @@ func (l AddressList) Addresses() ([]*mail.Address, error) {
 }
 
 // SplitAddresses splits the connector's recipient string at ';' and ','
-// outside quoted display names and angle brackets, dropping empty entries.
+// outside quoted display names and angle brackets, trims white space around
+// each entry and drops empty entries. Inside quotes a backslash escapes the
+// next character. The bytes of each entry are those of s.
 func SplitAddresses(s string) []string {
 	var out []string
-	var cur strings.Builder
 	inQuote, inAngle, escaped := false, false, false
-	flush := func() {
-		if t := strings.TrimSpace(cur.String()); t != "" {
+	start := 0
+	flush := func(end int) {
+		if t := strings.TrimSpace(s[start:end]); t != "" {
 			out = append(out, t)
 		}
-		cur.Reset()
 	}
-	for _, r := range s {
+	// Every byte that changes the state is ASCII, so scanning bytes keeps
+	// multi-byte (and invalid) UTF-8 sequences intact.
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		switch {
 		case escaped:
 			escaped = false
-		case r == '\\' && inQuote:
+		case c == '\\' && inQuote:
 			escaped = true
-		case r == '"':
+		case c == '"':
 			inQuote = !inQuote
-		case r == '<' && !inQuote:
+		case c == '<' && !inQuote:
 			inAngle = true
-		case r == '>' && !inQuote:
+		case c == '>' && !inQuote:
 			inAngle = false
-		case (r == ';' || r == ',') && !inQuote && !inAngle:
-			flush()
-			continue
+		case (c == ';' || c == ',') && !inQuote && !inAngle:
+			flush(i)
+			start = i + 1
 		}
-		cur.WriteRune(r)
 	}
-	flush()
+	flush(len(s))
 	return out
 }
 
@@ -207,29 +213,53 @@ func ParseAddress(s string) (*mail.Address, error) {
 }
 
 // Bool is a boolean that also accepts the strings "true" and "false" (any
-// case, and "" as false), because the connector sends IsHtml either way.
+// case, and "" as false), because the connector sends IsHtml either way. It
+// is always encoded as a JSON boolean.
 type Bool bool
 
-// UnmarshalJSON accepts true, false, null, or a string holding one of them.
+// UnmarshalJSON accepts true, false and null (false), or a string holding
+// "true", "false" (in any case) or nothing (false). Numbers and other strings
+// are errors.
 func (b *Bool) UnmarshalJSON(data []byte) error {
 	data = bytes.TrimSpace(data)
-	var s string
 	if len(data) > 0 && data[0] == '"' {
+		var s string
 		if err := json.Unmarshal(data, &s); err != nil {
 			return err
 		}
+		switch {
+		case strings.EqualFold(s, "true"):
+			*b = true
+			return nil
+		case s == "" || strings.EqualFold(s, "false"):
+			*b = false
+			return nil
+		}
 	} else {
-		s = string(data)
+		switch string(data) {
+		case "true":
+			*b = true
+			return nil
+		case "false", "null":
+			*b = false
+			return nil
+		}
 	}
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "true", "1":
-		*b = true
-	case "false", "0", "", "null":
-		*b = false
-	default:
-		return fmt.Errorf("want true or false, got %.20s", data)
+	return fmt.Errorf("want true or false, got %s", snippet(data))
+}
+
+// snippet returns the start of a JSON value for an error message, cut at a
+// rune boundary.
+func snippet(data []byte) string {
+	const max = 20
+	if len(data) <= max {
+		return string(data)
 	}
-	return nil
+	n := max
+	for n > 0 && !utf8.RuneStart(data[n]) {
+		n--
+	}
+	return string(data[:n]) + "…"
 }
 
 // Importance is the message priority: "High", "Normal" or "Low". Decoding
@@ -243,8 +273,9 @@ const (
 	ImportanceLow    Importance = "Low"
 )
 
-// UnmarshalJSON accepts the three levels in any case; other strings are kept
-// as they are so that Validate can report them with the field path.
+// UnmarshalJSON accepts the three levels in any case (but without surrounding
+// spaces), and null or "" for none; other strings are kept as they are so
+// that Validate can report them with the field path.
 func (i *Importance) UnmarshalJSON(data []byte) error {
 	var s string
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
@@ -255,7 +286,7 @@ func (i *Importance) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("want \"High\", \"Normal\" or \"Low\"")
 	}
 	for _, v := range []Importance{ImportanceHigh, ImportanceNormal, ImportanceLow} {
-		if strings.EqualFold(strings.TrimSpace(s), string(v)) {
+		if strings.EqualFold(s, string(v)) {
 			*i = v
 			return nil
 		}

@@ -20,8 +20,8 @@ const (
 // Final reports whether s is a final state (sent or failed).
 func (s State) Final() bool { return s == StateSent || s == StateFailed }
 
-// Status is the HTTP-style code of a result event. The set is closed: these
-// constants are every value a worker publishes.
+// Status is the HTTP-style code of a result event. The set is closed: the
+// constants other than Status413 are every value a worker publishes.
 type Status int
 
 // The result status codes of the contract (§3).
@@ -40,29 +40,41 @@ const (
 	Status403 Status = 403
 	// Status404 means every recipient was rejected as unknown.
 	Status404 Status = 404
-	// Status413 is used by the HTTP API for a request over a size limit.
+	// Status413 is not a result status: the HTTP API answers it for a
+	// request over a size limit, whose result event has Status 400.
 	Status413 Status = 413
 	// Status500 means any other permanent SMTP rejection, or retries
 	// exhausted on transient failures.
 	Status500 Status = 500
 )
 
+// String returns the code in decimal, such as "404".
 func (s Status) String() string { return strconv.Itoa(int(s)) }
 
 // SMTPReply is an SMTP server reply: the basic code, the enhanced status
 // code when the server sent one (RFC 3463), and the text.
 type SMTPReply struct {
-	Code         int    `json:"Code"`
+	// Code is the three-digit reply code, such as 250 or 451.
+	Code int `json:"Code"`
+	// EnhancedCode is the RFC 3463 status code, such as "4.3.0", when the
+	// server sent one.
 	EnhancedCode string `json:"EnhancedCode,omitempty"`
-	Message      string `json:"Message,omitempty"`
+	// Message is the text of the reply.
+	Message string `json:"Message,omitempty"`
 }
 
 // RecipientResult is the outcome for one recipient, listed in a result when
 // recipients fared differently.
 type RecipientResult struct {
+	// Address is the recipient's email address.
 	Address string `json:"Address"`
-	Status  Status `json:"Status"`
-	Code    int    `json:"Code,omitempty"`
+	// Status is the outcome for this recipient, on the scale of
+	// Result.Status: 200 when the server took it, else a failure status
+	// such as 404 for an unknown recipient.
+	Status Status `json:"Status"`
+	// Code is the SMTP reply code for this recipient.
+	Code int `json:"Code,omitempty"`
+	// Message is the text of that SMTP reply.
 	Message string `json:"Message,omitempty"`
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"mime"
-	"net/textproto"
 	"regexp"
 	"slices"
 	"strings"
@@ -18,12 +17,17 @@ var errCRLF = errors.New("must not contain CR or LF")
 // that breaks it, such as "Attachments[1].ContentData". The path is empty
 // when the payload as a whole is at fault (not JSON, no recipient).
 type FieldError struct {
-	Field   string `json:"Field"`
+	// Field is the path of the offending field, such as To[2],
+	// Headers["Bcc"] or Attachments[1].ContentData; empty for the payload
+	// as a whole.
+	Field string `json:"Field"`
+	// Message says what is wrong, for people.
 	Message string `json:"Message"`
 	// TooLarge marks a size limit; HTTP answers 413 for it.
 	TooLarge bool `json:"-"`
 }
 
+// String returns "Field: Message", or the message alone when Field is empty.
 func (e FieldError) String() string {
 	if e.Field == "" {
 		return e.Message
@@ -34,6 +38,7 @@ func (e FieldError) String() string {
 // ValidationError lists every broken rule of a request at once. A request
 // that yields one is never sent or retried: its result has Status 400.
 type ValidationError struct {
+	// Fields are the broken rules, at least one, in a stable order.
 	Fields []FieldError
 }
 
@@ -55,6 +60,8 @@ func (e *ValidationError) TooLarge() bool {
 // in DefaultLimits; a negative one means no limit.
 type Limits struct {
 	// MaxRequestBytes is the largest payload accepted. Default 8 MiB.
+	// Validate can not see the payload; whoever reads it (worker, HTTP API)
+	// compares its length with this limit before Decode.
 	MaxRequestBytes int
 	// MaxAttachmentBytes is the largest total decoded size of the
 	// attachments. Default 6 MiB.
@@ -104,19 +111,60 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 func ValidID(id string) bool { return idPattern.MatchString(id) }
 
 // structuralHeaders are the header fields a request can not set through
-// Headers, because jetmail writes them from other fields.
+// Headers, because jetmail writes them from other fields; in lower case.
 var structuralHeaders = map[string]bool{
-	"From": true, "To": true, "Cc": true, "Bcc": true, "Subject": true,
-	"Date": true, "Message-Id": true, "Mime-Version": true, "Reply-To": true,
-	"Sender": true, "Return-Path": true, "Importance": true, "X-Priority": true,
+	"from": true, "to": true, "cc": true, "bcc": true, "subject": true,
+	"date": true, "message-id": true, "mime-version": true, "reply-to": true,
+	"sender": true, "return-path": true, "importance": true, "x-priority": true,
 }
 
 // IsStructuralHeader reports whether name is a header field that Headers may
 // not set: From, To, Cc, Bcc, Subject, Date, Message-ID, MIME-Version,
-// Reply-To, Sender, Return-Path, Importance, X-Priority and any Content-*.
+// Reply-To, Sender, Return-Path, Importance, X-Priority and any Content-*,
+// in any case.
 func IsStructuralHeader(name string) bool {
-	c := textproto.CanonicalMIMEHeaderKey(name)
-	return structuralHeaders[c] || strings.HasPrefix(c, "Content-")
+	lower := asciiLower(name)
+	return structuralHeaders[lower] || strings.HasPrefix(lower, "content-")
+}
+
+// asciiLower lower-cases the ASCII letters of s only, as header field names
+// are compared (strings.ToLower would also map, for example, the Kelvin sign
+// to "k").
+func asciiLower(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, s)
+}
+
+// validMediaType reports whether s is a media type with a subtype and
+// well-formed parameters, such as "text/plain; charset=utf-8".
+func validMediaType(s string) bool {
+	if _, _, err := mime.ParseMediaType(s); err != nil {
+		return false
+	}
+	// mime.ParseMediaType also takes a bare "text" (as in a
+	// Content-Disposition) and lower-cases before it checks, so that a
+	// Kelvin sign passes as "k"; check the type/subtype as written.
+	base, _, _ := strings.Cut(s, ";")
+	typ, sub, ok := strings.Cut(strings.TrimSpace(base), "/")
+	return ok && isToken(typ) && isToken(sub)
+}
+
+// isToken reports whether s is an RFC 2045 token.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?=`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // validHeaderName reports whether name is an RFC 5322 field name: printable
@@ -232,11 +280,11 @@ func (r *Request) ValidateLimits(lim Limits) error {
 		if a.ContentType != "" {
 			if strings.ContainsAny(a.ContentType, "\r\n") {
 				add(p+"ContentType", "%v", errCRLF)
-			} else if _, _, err := mime.ParseMediaType(a.ContentType); err != nil {
+			} else if !validMediaType(a.ContentType) {
 				add(p+"ContentType", "not a valid media type: %q", a.ContentType)
 			}
 		}
-		switch enc := strings.ToLower(strings.TrimSpace(a.ContentTransferEncoding)); enc {
+		switch enc := strings.ToLower(a.ContentTransferEncoding); enc {
 		case "", "none", "base64":
 		default:
 			add(p+"ContentTransferEncoding", "want base64 or none, got %q", a.ContentTransferEncoding)
