@@ -32,7 +32,11 @@ func benchRequest(i int) *schema.Request {
 // jetmail's SMTP transport with the same concurrency and pool as the
 // end-to-end benchmark: the ceiling for jetmail on this machine.
 func BenchmarkDirectSMTP(b *testing.B) {
-	srv := smtptest.NewServer(b)
+	srv, err := smtptest.StartSink("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
 	tr, err := NewSMTPTransport(map[string]SMTPConfig{"default": {URL: srv.URL(), PoolSize: 8}}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -68,7 +72,11 @@ func BenchmarkDirectSMTP(b *testing.B) {
 // BenchmarkEndToEnd publishes b.N requests and waits until every final
 // result is in: publish → JetStream → worker → SMTP sink → result.
 func BenchmarkEndToEnd(b *testing.B) {
-	srv := smtptest.NewServer(b)
+	srv, err := smtptest.StartSink("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
 	tb := &testBundle{srv: startJetStream(b)}
 	tb.nc, tb.js = connect(b, tb.srv.ClientURL())
 	var finals atomic.Int64
