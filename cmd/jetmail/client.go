@@ -1,0 +1,98 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/jetmail/jetmail/producer"
+	"github.com/jetmail/jetmail/schema"
+)
+
+// defaultClientURL is where the client commands look for NATS: the
+// embedded server of a `jetmail worker` run without --nats-url.
+const defaultClientURL = "nats://127.0.0.1:4222"
+
+// clientFlags are the flags that send, status and results share.
+type clientFlags struct {
+	natsURL       string
+	subjectPrefix string
+}
+
+func (c *clientFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&c.natsURL, "nats-url", defaultClientURL, "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.subjectPrefix, "subject-prefix", schema.DefaultNames().Prefix, "first token of every subject; must match the workers'")
+}
+
+// client is a connection to NATS and a producer on it.
+type client struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+	p  *producer.Producer
+}
+
+func (c *client) Close() { c.nc.Close() }
+
+// connect connects to NATS as the client command name. An unreachable
+// server is exit status 2, with a hint to start a worker.
+func (c *clientFlags) connect(name string) (*client, error) {
+	if !schema.ValidToken(c.subjectPrefix) {
+		return nil, badFlags("--subject-prefix %q is not a single NATS token", c.subjectPrefix)
+	}
+	nc, err := nats.Connect(c.natsURL, nats.Name("jetmail "+name))
+	if err != nil {
+		return nil, withCode(exitUsage, fmt.Errorf("cannot connect to NATS at %s: is `jetmail worker` running? (%w)", redactURLs(c.natsURL), err))
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	p, err := producer.New(js, producer.WithSubjectPrefix(c.subjectPrefix))
+	if err != nil {
+		nc.Close()
+		return nil, withCode(exitUsage, err)
+	}
+	return &client{nc: nc, js: js, p: p}, nil
+}
+
+// clientError gives errors from the producer their exit status: a missing
+// stream means no worker ever ran against this server, which is an
+// environment problem like an unreachable server (2).
+func (c *clientFlags) clientError(err error) error {
+	if errors.Is(err, producer.ErrNoStream) {
+		return withCode(exitUsage, fmt.Errorf("%w (NATS at %s, subject prefix %q)", err, redactURLs(c.natsURL), c.subjectPrefix))
+	}
+	return err
+}
+
+// redactURLs hides the passwords in a comma-separated list of NATS URLs,
+// for messages and logs.
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		s := p
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			parts[i] = "(unparsable url)"
+			continue
+		}
+		r := u.Redacted()
+		if !strings.Contains(p, "://") {
+			r = strings.TrimPrefix(r, "nats://")
+		}
+		parts[i] = r
+	}
+	return strings.Join(parts, ",")
+}
