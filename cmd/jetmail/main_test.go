@@ -519,9 +519,14 @@ func TestWorkerEmbedded(t *testing.T) {
 	if url == "" {
 		t.Fatalf("no embedded server URL in the log:\n%s", w.logs)
 	}
-	r := jetmail(t, testCtx(t), "", "send", "--nats-url", url, "--to", "a@example.com", "--from", "me@example.com", "--wait")
+	// The quick start of the root help: no --from with the outbox.
+	r := jetmail(t, testCtx(t), "", "send", "--nats-url", url, "--to", "you@example.com", "--subject", "hi", "--body", "hello", "--wait")
 	if r.code != 0 {
 		t.Fatalf("send: exit %d", r.code)
+	}
+	id, _ := splitSendOutput(t, r.stdout)
+	if m := readEML(t, outbox, id); m.Header.Get("Subject") != "hi" {
+		t.Errorf("Subject = %q, want hi", m.Header.Get("Subject"))
 	}
 	if c := w.stop(); c != 0 {
 		t.Fatalf("worker exited %d, want 0", c)
@@ -809,7 +814,7 @@ func TestHelp(t *testing.T) {
 	}
 
 	r = jetmail(t, testCtx(t), "", "--help")
-	for _, want := range []string{"go run ./cmd/jetmail worker", "go run ./cmd/jetmail send --to you@example.com", "JETMAIL_NATS_URL"} {
+	for _, want := range []string{"go run ./cmd/jetmail worker", "go run ./cmd/jetmail send --to you@example.com --subject hi --body hello --wait", "JETMAIL_NATS_URL"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("jetmail --help lacks %q", want)
 		}

@@ -113,8 +113,7 @@ Quick start, with nothing else installed:
   go run ./cmd/jetmail worker
 
   # terminal 2: send a message and wait for its result
-  go run ./cmd/jetmail send --to you@example.com --from me@example.com \
-      --subject hi --body hello --wait
+  go run ./cmd/jetmail send --to you@example.com --subject hi --body hello --wait
 
 Add --smtp-url smtp://user@relay.example.com:587 (and JETMAIL_SMTP_PASSWORD)
 to the worker to deliver for real, and --nats-url to use a NATS server.

@@ -285,7 +285,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 		}
 		logger.Warn("no --smtp-url: messages are NOT sent; each is written as an .eml file into the outbox", "outbox", dir)
 		if f.smtpFrom != "" || len(f.smtpAllowedSenders) > 0 {
-			logger.Warn("--smtp-from and --smtp-allowed-senders apply to SMTP connections only; with the outbox, requests need a From")
+			logger.Warn("--smtp-from and --smtp-allowed-senders apply to SMTP connections only; the outbox does not use them")
 		}
 	}
 	return cfg, nil
