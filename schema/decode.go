@@ -80,6 +80,11 @@ func Decode(data []byte) (*Request, error) {
 	r.Headers = d.stringMap("Headers")
 	d.value("Connection", &r.Connection)
 	r.Metadata = d.stringMap("Metadata")
+	d.value("Template", &r.Template)
+	d.value("TemplateData", &r.TemplateData)
+	if len(r.TemplateData) == 0 {
+		r.TemplateData = nil
+	}
 	if len(d.errs) > 0 {
 		return nil, &ValidationError{Fields: d.errs}
 	}

@@ -57,6 +57,12 @@ type Request struct {
 	Connection string `json:"Connection,omitempty"`
 	// Metadata is echoed unchanged in every result event of the request.
 	Metadata map[string]string `json:"Metadata,omitempty"`
+	// Template names a template from the worker's templates folder. The
+	// template renders Subject, Body (HTML) and TextBody from TemplateData,
+	// replacing those fields where it defines them.
+	Template string `json:"Template,omitempty"`
+	// TemplateData is the data a Template is executed with.
+	TemplateData map[string]any `json:"TemplateData,omitempty"`
 }
 
 // Attachment is a file attached to a request.

@@ -105,6 +105,8 @@ func (l Limits) WithDefaults() Limits {
 // over reports whether n exceeds the limit max (negative: no limit).
 func over(n, max int) bool { return max >= 0 && n > max }
 
+var templateName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
 // ValidID reports whether id is a valid request Id: [A-Za-z0-9_-]{1,128}.
@@ -243,6 +245,9 @@ func (r *Request) ValidateLimits(lim Limits) error {
 		add("Importance", "want High, Normal or Low, got %q", string(r.Importance))
 	}
 	text("Connection", r.Connection, true)
+	if r.Template != "" && !templateName.MatchString(r.Template) {
+		add("Template", "must match [A-Za-z0-9_-]{1,64}")
+	}
 
 	if over(len(r.Headers), lim.MaxHeaders) {
 		tooLarge("Headers", "%d headers, more than the limit of %d", len(r.Headers), lim.MaxHeaders)

@@ -129,6 +129,16 @@ func (w *Worker) parse(j *job) (*schema.Request, error) {
 	if err := req.ValidateLimits(w.cfg.Limits); err != nil {
 		return req, err
 	}
+	if req.Template != "" {
+		if err := w.templates.apply(req); err != nil {
+			return req, err
+		}
+		// What the template rendered obeys the same rules (no CR or LF in
+		// the subject, limits).
+		if err := req.ValidateLimits(w.cfg.Limits); err != nil {
+			return req, err
+		}
+	}
 	return req, nil
 }
 

@@ -61,6 +61,10 @@ type Config struct {
 	DeadMaxAge time.Duration
 	// Limits bound requests; zero fields take schema.DefaultLimits.
 	Limits schema.Limits
+	// Templates is a folder of message templates (NAME.subject.tmpl,
+	// NAME.text.tmpl, NAME.html.tmpl) that requests name with Template.
+	// Empty means none.
+	Templates string
 	// HTTPAddr is where /metrics, /healthz and /readyz are served. Empty
 	// means no HTTP server (the caller may mount Handler itself).
 	HTTPAddr string
@@ -201,6 +205,7 @@ type Worker struct {
 	transport Transport
 	smtp      *SMTPTransport // nil with the file transport
 	senders   map[string]senderPolicy
+	templates templates
 	now       func() time.Time
 
 	results jetstream.Stream // for dedupe look-ups (direct get)
@@ -222,11 +227,15 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 		logger = slog.New(slog.DiscardHandler)
 	}
 	w := &Worker{cfg: cfg, js: js, log: logger, metrics: NewMetrics(reg), now: time.Now}
+	var err error
 	w.gatherer = cfg.Gatherer
 	if w.gatherer == nil {
 		if g, ok := reg.(prometheus.Gatherer); ok {
 			w.gatherer = g
 		}
+	}
+	if w.templates, err = loadTemplates(cfg.Templates); err != nil {
+		return nil, err
 	}
 	w.senders = map[string]senderPolicy{}
 	if len(cfg.Connections) == 0 {
