@@ -19,6 +19,7 @@ import (
 
 	gomail "github.com/wneessen/go-mail"
 	"github.com/wneessen/go-mail/smtp"
+	"golang.org/x/time/rate"
 
 	"github.com/jetmail/jetmail/schema"
 )
@@ -69,6 +70,11 @@ type SMTPConfig struct {
 	AllowedSenders []string
 	// HELO is the name sent in EHLO. Default: the host name.
 	HELO string
+	// RateLimit caps the messages per second this worker sends through the
+	// connection, shared by all its sessions (bursts of up to one second's
+	// worth). Zero means no limit. Relays throttle (421, 454) clients that
+	// send too fast; staying under their rate avoids that.
+	RateLimit float64
 	// NoPipelining sends one command per round trip even when the server
 	// offers PIPELINING (for benchmarks and broken servers).
 	NoPipelining bool
@@ -242,6 +248,7 @@ type smtpPool struct {
 	client  *gomail.Client // immutable after construction: only Dial* is used
 	metrics *Metrics
 	log     *slog.Logger
+	limiter *rate.Limiter // nil: no rate limit
 
 	idle chan *session // sessions ready for use
 	sem  chan struct{} // one token per open session
@@ -295,6 +302,12 @@ func newSMTPPool(name string, c SMTPConfig, metrics *Metrics, logger *slog.Logge
 		log:  logger.With("connection", name),
 		idle: make(chan *session, c.PoolSize),
 		sem:  make(chan struct{}, c.PoolSize),
+	}
+	if c.RateLimit < 0 {
+		return nil, fmt.Errorf("rate limit must not be negative, got %g", c.RateLimit)
+	}
+	if c.RateLimit > 0 {
+		p.limiter = rate.NewLimiter(rate.Limit(c.RateLimit), max(1, int(c.RateLimit)))
 	}
 	gauge := metrics.SMTPConnections.WithLabelValues(name)
 	dialer := &net.Dialer{Timeout: c.Timeout, KeepAlive: 30 * time.Second}
@@ -488,6 +501,11 @@ func (p *smtpPool) closeIdle() {
 // while idle, or answering 421) is replaced once at once: that is pool
 // hygiene, not a delivery attempt.
 func (p *smtpPool) send(ctx context.Context, env *Envelope) (Delivery, error) {
+	if p.limiter != nil {
+		if err := p.limiter.Wait(ctx); err != nil {
+			return Delivery{}, withOp("rate", fmt.Errorf("rate limit: %w", err))
+		}
+	}
 	start := time.Now()
 	d, err := p.sendOnce(ctx, env, false)
 	p.metrics.SMTPSend.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
