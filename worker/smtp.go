@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/textproto"
 	"net/url"
@@ -71,8 +72,8 @@ type SMTPConfig struct {
 	// HELO is the name sent in EHLO. Default: the host name.
 	HELO string
 	// RateLimit caps the messages per second this worker sends through the
-	// connection, shared by all its sessions (bursts of up to one second's
-	// worth). Zero means no limit. Relays throttle (421, 454) clients that
+	// connection, shared by all its sessions (bursts of up to a tenth of a
+	// second's worth). Zero means no limit. Relays throttle (421, 454) clients that
 	// send too fast; staying under their rate avoids that.
 	RateLimit float64
 	// NoPipelining sends one command per round trip even when the server
@@ -307,7 +308,7 @@ func newSMTPPool(name string, c SMTPConfig, metrics *Metrics, logger *slog.Logge
 		return nil, fmt.Errorf("rate limit must not be negative, got %g", c.RateLimit)
 	}
 	if c.RateLimit > 0 {
-		p.limiter = rate.NewLimiter(rate.Limit(c.RateLimit), max(1, int(c.RateLimit)))
+		p.limiter = rate.NewLimiter(rate.Limit(c.RateLimit), rateBurst(c.RateLimit))
 	}
 	gauge := metrics.SMTPConnections.WithLabelValues(name)
 	dialer := &net.Dialer{Timeout: c.Timeout, KeepAlive: 30 * time.Second}
@@ -531,6 +532,10 @@ func (p *smtpPool) sendOnce(ctx context.Context, env *Envelope, retried bool) (D
 	}
 	return d, err
 }
+
+// rateBurst is the burst of a rate limit: a tenth of a second's worth, at
+// least one message.
+func rateBurst(perSecond float64) int { return max(1, int(math.Ceil(perSecond/10))) }
 
 // staleSession reports whether err at the first command of a reused
 // session means the session was already dead.
