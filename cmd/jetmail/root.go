@@ -169,6 +169,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newSendCmd(s),
 		newStatusCmd(s),
 		newResultsCmd(s),
+		newBenchCmd(s),
 	)
 	annotateEnv(root)
 	return root
