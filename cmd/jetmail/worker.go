@@ -43,6 +43,7 @@ type workerFlags struct {
 	httpAddr         string
 	concurrency      int
 	prefetch         int
+	ackWait          time.Duration
 	retryInitial     time.Duration
 	retryMultiplier  float64
 	retryMaxInterval time.Duration
@@ -139,6 +140,7 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringSliceVar(&f.smtpAllowedSenders, "smtp-allowed-senders", nil, "comma-separated senders allowed to send (addresses, or @domain); others get 403; empty allows all")
 	fs.StringArrayVar(&f.smtpConnections, "smtp-connection", nil, "another named SMTP connection, NAME=URL (repeatable); it shares the other --smtp-* settings but takes its password from its URL")
 	fs.IntVar(&f.prefetch, "prefetch", 0, "requests buffered ahead of the deliveries; 0 means --concurrency")
+	fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
 
 	fs.StringVar(&f.embeddedAddr, "embedded-addr", "127.0.0.1:4222", "address of the embedded NATS server started without --nats-url")
 	fs.StringVar(&f.dataDir, "data-dir", "./jetmail-data", "where the embedded NATS server stores the streams")
@@ -192,6 +194,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 	positive("retry-max-interval", f.retryMaxInterval)
 	positive("max-age", f.maxAge)
 	positive("grace-period", f.gracePeriod)
+	positive("ack-wait", f.ackWait)
 	atLeastOne("concurrency", f.concurrency)
 	atLeastOne("max-attempts", f.maxAttempts)
 	atLeastOne("replicas", f.replicas)
@@ -227,6 +230,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 			MaxAge:      f.maxAge,
 		},
 		GracePeriod: f.gracePeriod,
+		AckWait:     f.ackWait,
 		Replicas:    f.replicas,
 		HTTPAddr:    f.httpAddr,
 	}
