@@ -162,6 +162,10 @@ func watchResults(t testing.TB, nc *nats.Conn, prefix string) *resultLog {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test must never miss an event because it was slow to read.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
