@@ -3,6 +3,7 @@ package smtptest
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -64,6 +65,13 @@ type Fault struct {
 	// Closing the server interrupts the stall. Delays longer than the
 	// server's 30 s read timeout make the connection time out.
 	Delay time.Duration
+
+	// Probability, if not zero, is the chance, from 0 to 1, that the fault
+	// fires each time it matches a command, for random faults in soak
+	// tests. A fault that does not fire is passed over as if it did not
+	// match: the next fault may fire instead, and Times is not used up.
+	// Zero means always, like 1.
+	Probability float64
 }
 
 type faultState struct {
@@ -83,6 +91,9 @@ func newFaultState(f Fault) (*faultState, error) {
 		cmd = "EHLO"
 	case strings.ContainsAny(cmd, " \t\r\n"):
 		return nil, fmt.Errorf("fault Cmd %q is not a command", f.Cmd)
+	}
+	if !(f.Probability >= 0 && f.Probability <= 1) { // also rejects NaN
+		return nil, fmt.Errorf("fault on %s has Probability %g outside [0, 1]", cmd, f.Probability)
 	}
 	if f.Times < 0 {
 		return nil, fmt.Errorf("fault on %s has negative Times %d", cmd, f.Times)
@@ -146,6 +157,9 @@ func (s *Server) fire(cmd string, match func(string) bool) (*faultState, bool) {
 			continue
 		}
 		if f.Match != "" && (match == nil || !match(f.Match)) {
+			continue
+		}
+		if f.Probability > 0 && rand.Float64() >= f.Probability {
 			continue
 		}
 		if f.Times > 0 {

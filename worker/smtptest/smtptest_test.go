@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/textproto"
 	"os"
@@ -726,5 +727,73 @@ func TestCloseStopsGoroutines(t *testing.T) {
 			t.Fatalf("goroutine still running after Close:\n%s", leaked)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFaultProbability(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t)
+	s.AddFault(smtptest.Fault{Cmd: "NOOP", Probability: 0.3, Code: 451, Message: "sometimes"})
+	// A fault passed over by chance lets the next one fire; Times still
+	// caps the firings of a random fault.
+	s.AddFault(smtptest.Fault{Cmd: "NOOP", Probability: 0.5, Times: 20, Code: 452, Message: "next"})
+	c := dial(t, s)
+	const n = 1000
+	var first, second int
+	for range n {
+		err := c.Noop()
+		var te *textproto.Error
+		switch {
+		case err == nil:
+		case errors.As(err, &te) && te.Code == 451:
+			first++
+		case errors.As(err, &te) && te.Code == 452:
+			second++
+		default:
+			t.Fatalf("NOOP: %v", err)
+		}
+	}
+	// 1000 draws at 0.3: mean 300, standard deviation 14.5.
+	if first < 200 || first > 400 {
+		t.Errorf("the 30%% fault fired %d times in %d", first, n)
+	}
+	if second != 20 {
+		t.Errorf("the 50%% fault with Times 20 fired %d times", second)
+	}
+	if s.FaultHits() != first+second || s.Hits("NOOP") != n {
+		t.Errorf("FaultHits = %d, Hits(NOOP) = %d; want %d and %d", s.FaultHits(), s.Hits("NOOP"), first+second, n)
+	}
+}
+
+// errRecorder is a testing.TB that records Errorf calls instead of failing.
+type errRecorder struct {
+	testing.TB
+	mu   sync.Mutex
+	errs []string
+}
+
+func (r *errRecorder) Errorf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+func TestFaultProbabilityOutOfRange(t *testing.T) {
+	t.Parallel()
+	rec := &errRecorder{TB: t}
+	s := smtptest.NewServer(rec)
+	for _, p := range []float64{-0.1, 1.5, math.NaN()} {
+		s.AddFault(smtptest.Fault{Cmd: "NOOP", Probability: p, Code: 451})
+	}
+	s.AddFault(smtptest.Fault{Cmd: "NOOP", Probability: 1, Times: 1, Code: 452})
+	c := dial(t, s)
+	wantReply(t, c.Noop(), 452, "4.0.0")
+	if err := c.Noop(); err != nil {
+		t.Fatalf("an invalid fault was added: %v", err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.errs) != 3 || !strings.Contains(rec.errs[0], "Probability") {
+		t.Errorf("errors reported: %q, want 3 about Probability", rec.errs)
 	}
 }
