@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
@@ -19,16 +20,27 @@ import (
 // embedded server of a `jetmail worker` run without --nats-url.
 const defaultClientURL = "nats://127.0.0.1:4222"
 
-// clientFlags are the flags that send, status and results share.
+// clientFlags are the flags that the client commands (send, status,
+// results, dead, bench) share: where NATS is and how to connect to it
+// securely.
 type clientFlags struct {
 	natsURL       string
 	subjectPrefix string
+	auth          natsAuth
+	fs            *pflag.FlagSet // the command's flags, for the secrets' sources
 }
 
 func (c *clientFlags) register(cmd *cobra.Command) {
 	fs := cmd.Flags()
+	c.fs = fs
 	fs.StringVar(&c.natsURL, "nats-url", defaultClientURL, "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.subjectPrefix, "subject-prefix", schema.DefaultNames().Prefix, "first token of every subject; must match the workers'")
+	c.auth.addFlags(fs)
+}
+
+// names are the subjects and streams the client commands use.
+func (c *clientFlags) names() schema.Names {
+	return schema.DefaultNames().WithPrefix(c.subjectPrefix)
 }
 
 // client is a connection to NATS and a producer on it.
@@ -46,9 +58,17 @@ func (c *clientFlags) connect(name string) (*client, error) {
 	if !schema.ValidToken(c.subjectPrefix) {
 		return nil, badFlags("--subject-prefix %q is not a single NATS token", c.subjectPrefix)
 	}
-	nc, err := nats.Connect(c.natsURL, nats.Name("jetmail "+name))
+	opts := []nats.Option{nats.Name("jetmail " + name)}
+	if c.fs != nil {
+		sec, err := c.auth.options(c.fs)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, sec...)
+	}
+	nc, err := nats.Connect(c.natsURL, opts...)
 	if err != nil {
-		return nil, withCode(exitUsage, fmt.Errorf("cannot connect to NATS at %s: is `jetmail worker` running? (%w)", redactURLs(c.natsURL), err))
+		return nil, c.auth.natsConnectError(c.natsURL, err, "is `jetmail worker` running?")
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {

@@ -38,7 +38,12 @@ type workerFlags struct {
 	smtpPoolSize       int
 	smtpAllowedSenders []string
 	smtpConnections    []string
+	smtpRateLimit      float64
+	connectionsFile    string
 	outbox             string
+	templates          string
+	limits             schema.Limits
+	nats               natsAuth
 
 	httpAddr         string
 	concurrency      int
@@ -73,9 +78,17 @@ offers it (?tls=required insists, ?tls=none refuses), smtps://host:465 uses
 implicit TLS. Keep the password out of the URL: use --smtp-password-file or
 the environment variable JETMAIL_SMTP_PASSWORD. Server certificates are
 verified against the system roots (SSL_CERT_FILE and SSL_CERT_DIR work) or
---smtp-ca-file. More connections can be named with --smtp-connection; a
-request chooses one with its Connection key, and "default" (--smtp-url) is
-used when it names none.
+--smtp-ca-file. More connections can be named with --smtp-connection, or
+described in a YAML file given with --connections (each with its URL,
+password file or variable, pool size, rate limit, default and allowed
+senders, CA file); a request chooses one with its Connection key, and
+"default" is used when it names none. The --smtp-* flags define the
+"default" connection, or override the file's settings for it.
+
+NATS connections can authenticate with --nats-user and --nats-password (or
+--nats-password-file), --nats-token (or --nats-token-file), an NKey seed file
+(--nats-nkey) or a credentials file (--nats-creds), and use TLS with
+--nats-ca-file, and --nats-cert and --nats-key for mutual TLS.
 
 Transient failures (SMTP 4xx, timeouts, refused connections, rejected
 authentication) are retried with exponential backoff; the waiting happens in
@@ -108,6 +121,11 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
       --smtp-url smtp://mailer@relay.example.com:587?tls=required \
       --smtp-password-file /run/secrets/smtp-password --smtp-from noreply@example.com
 
+  # several named connections from a file, NATS with a password and TLS
+  jetmail worker --connections /etc/jetmail/connections.yaml \
+      --nats-url nats://nats:4222 --nats-user jetmail --nats-password-file /run/secrets/nats \
+      --nats-ca-file /etc/jetmail/nats-ca.pem
+
   # the same with environment variables
   JETMAIL_NATS_URL=nats://nats:4222 JETMAIL_SMTP_URL=smtps://relay.example.com:465 \
       JETMAIL_SMTP_PASSWORD=... jetmail worker`,
@@ -138,9 +156,20 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringVar(&f.smtpFrom, "smtp-from", "", "default sender, for requests without From")
 	fs.IntVar(&f.smtpPoolSize, "smtp-pool-size", 4, "largest number of open SMTP sessions per connection")
 	fs.StringSliceVar(&f.smtpAllowedSenders, "smtp-allowed-senders", nil, "comma-separated senders allowed to send (addresses, or @domain); others get 403; empty allows all")
+	fs.Float64Var(&f.smtpRateLimit, "smtp-rate-limit", 0, "most messages per second through the default connection, shared by all its sessions; 0 means no limit")
 	fs.StringArrayVar(&f.smtpConnections, "smtp-connection", nil, "another named SMTP connection, NAME=URL (repeatable); it shares the other --smtp-* settings but takes its password from its URL")
+	fs.StringVar(&f.connectionsFile, "connections", "", "YAML file of named SMTP connections (see deploy/connections.example.yaml); the --smtp-* flags override its \"default\"")
+	fs.StringVar(&f.templates, "templates", "", "folder of message templates (NAME.subject.tmpl, NAME.text.tmpl, NAME.html.tmpl) that requests name with Template")
+	def := schema.DefaultLimits
+	fs.IntVar(&f.limits.MaxRequestBytes, "max-request-bytes", def.MaxRequestBytes, "largest request payload in bytes; -1 for no limit")
+	fs.IntVar(&f.limits.MaxAttachmentBytes, "max-attachment-bytes", def.MaxAttachmentBytes, "largest total decoded size of a request's attachments in bytes; -1 for no limit")
+	fs.IntVar(&f.limits.MaxRecipients, "max-recipients", def.MaxRecipients, "most To, Cc and Bcc recipients of a request together; -1 for no limit")
+	fs.IntVar(&f.limits.MaxHeaders, "max-headers", def.MaxHeaders, "most extra Headers of a request; -1 for no limit")
+	fs.IntVar(&f.limits.MaxHeaderLength, "max-header-length", def.MaxHeaderLength, "longest extra header value and subject in bytes; -1 for no limit")
 	fs.IntVar(&f.prefetch, "prefetch", 0, "requests buffered ahead of the deliveries; 0 means --concurrency")
 	fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
+
+	f.nats.addFlags(fs)
 
 	fs.StringVar(&f.embeddedAddr, "embedded-addr", "127.0.0.1:4222", "address of the embedded NATS server started without --nats-url")
 	fs.StringVar(&f.dataDir, "data-dir", "./jetmail-data", "where the embedded NATS server stores the streams")
@@ -208,9 +237,36 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 	if !schema.ValidToken(f.subjectPrefix) {
 		errs = append(errs, badFlags("--subject-prefix %q is not a single NATS token", f.subjectPrefix))
 	}
+	if f.smtpRateLimit < 0 {
+		errs = append(errs, badFlags("--smtp-rate-limit must not be negative, got %g", f.smtpRateLimit))
+	}
+	for _, l := range []struct {
+		name string
+		v    int
+	}{
+		{"max-request-bytes", f.limits.MaxRequestBytes}, {"max-attachment-bytes", f.limits.MaxAttachmentBytes},
+		{"max-recipients", f.limits.MaxRecipients}, {"max-headers", f.limits.MaxHeaders}, {"max-header-length", f.limits.MaxHeaderLength},
+	} {
+		if l.v == 0 || l.v < -1 {
+			errs = append(errs, badFlags("--%s must be positive, or -1 for no limit, got %d", l.name, l.v))
+		}
+	}
+	if f.templates != "" {
+		if st, err := os.Stat(f.templates); err != nil {
+			errs = append(errs, withCode(exitUsage, fmt.Errorf("--templates: %w", err)))
+		} else if !st.IsDir() {
+			errs = append(errs, badFlags("--templates %s is not a folder", f.templates))
+		}
+	}
 	password, err := f.password(fs)
 	if err != nil {
 		errs = append(errs, err)
+	}
+	var fileConns map[string]worker.SMTPConfig
+	if f.connectionsFile != "" {
+		if fileConns, err = loadConnections(f.connectionsFile, os.LookupEnv, logger); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) > 0 {
 		return worker.Config{}, errors.Join(errs...)
@@ -233,6 +289,8 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 		AckWait:     f.ackWait,
 		Replicas:    f.replicas,
 		HTTPAddr:    f.httpAddr,
+		Templates:   f.templates,
+		Limits:      f.limits,
 	}
 	smtpConfig := func(url string) worker.SMTPConfig {
 		return worker.SMTPConfig{
@@ -243,12 +301,44 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 			AllowedSenders: f.smtpAllowedSenders,
 		}
 	}
-	if f.smtpURL != "" || len(f.smtpConnections) > 0 {
+	if f.smtpURL != "" || len(f.smtpConnections) > 0 || len(fileConns) > 0 {
 		cfg.Connections = map[string]worker.SMTPConfig{}
 	}
-	if f.smtpURL != "" {
+	for name, c := range fileConns {
+		cfg.Connections[name] = c
+	}
+	_, fileDefault := fileConns["default"]
+	switch {
+	case fileDefault:
+		// The flags given override the file's settings of "default".
+		c := cfg.Connections["default"]
+		changed := func(name string) bool { return fs.Lookup(name).Changed }
+		if f.smtpURL != "" {
+			c.URL = f.smtpURL
+		}
+		if password != "" {
+			c.Password = password
+		}
+		if changed("smtp-ca-file") {
+			c.CAFile = f.smtpCAFile
+		}
+		if changed("smtp-pool-size") {
+			c.PoolSize = f.smtpPoolSize
+		}
+		if changed("smtp-from") {
+			c.From = f.smtpFrom
+		}
+		if changed("smtp-allowed-senders") {
+			c.AllowedSenders = f.smtpAllowedSenders
+		}
+		if changed("smtp-rate-limit") {
+			c.RateLimit = f.smtpRateLimit
+		}
+		cfg.Connections["default"] = c
+	case f.smtpURL != "":
 		c := smtpConfig(f.smtpURL)
 		c.Password = password
+		c.RateLimit = f.smtpRateLimit
 		cfg.Connections["default"] = c
 	}
 	for _, nc := range f.smtpConnections {
@@ -262,6 +352,9 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 			return cfg, badFlags("--smtp-connection: %q is not a valid connection name", name)
 		}
 		if _, dup := cfg.Connections[name]; dup {
+			if _, inFile := fileConns[name]; inFile {
+				return cfg, badFlags("--smtp-connection: %q is also in --connections %s", name, f.connectionsFile)
+			}
 			return cfg, badFlags("--smtp-connection: %q is named twice", name)
 		}
 		cfg.Connections[name] = smtpConfig(url)
@@ -274,12 +367,12 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 			return cfg, withCode(exitUsage, err)
 		}
 	}
-	if f.smtpURL == "" {
+	if f.smtpURL == "" && !fileDefault {
 		if password != "" {
 			logger.Warn("an SMTP password is set but there is no --smtp-url; it is not used")
 		}
 		if len(cfg.Connections) > 0 {
-			logger.Warn("no --smtp-url: requests that name no Connection will fail with status 400")
+			logger.Warn("no default connection (--smtp-url, or \"default\" in --connections): requests that name no Connection will fail with status 400")
 		}
 	}
 	if len(cfg.Connections) == 0 {
@@ -300,29 +393,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 // on the command line wins over the one from the environment; both on the
 // command line, or both in the environment, is a usage error.
 func (f *workerFlags) password(fs *pflag.FlagSet) (string, error) {
-	pw, file := fs.Lookup("smtp-password"), fs.Lookup("smtp-password-file")
-	useFile := file.Changed && f.smtpPasswordFile != ""
-	if useFile && pw.Changed {
-		switch {
-		case fromEnv(pw) && !fromEnv(file):
-		case fromEnv(file) && !fromEnv(pw):
-			useFile = false
-		default:
-			return "", badFlags("set only one of --smtp-password and --smtp-password-file")
-		}
-	}
-	if !useFile {
-		return f.smtpPassword, nil
-	}
-	b, err := os.ReadFile(f.smtpPasswordFile)
-	if err != nil {
-		return "", withCode(exitUsage, fmt.Errorf("--smtp-password-file: %w", err))
-	}
-	p := strings.TrimSpace(string(b))
-	if p == "" {
-		return "", withCode(exitUsage, fmt.Errorf("--smtp-password-file %s is empty", f.smtpPasswordFile))
-	}
-	return p, nil
+	return secretFlag(fs, "smtp-password", "smtp-password-file")
 }
 
 // run starts the embedded NATS server if needed, connects, and runs the
@@ -338,8 +409,16 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 		return err
 	}
 
+	natsOpts, err := f.nats.options(fs)
+	if err != nil {
+		return err
+	}
 	url := f.natsURL
 	if url == "" {
+		if f.nats.anySet(fs) {
+			logger.Warn("the --nats-* security settings apply to a NATS server given with --nats-url; the embedded server (no --nats-url) listens without authentication or TLS, so they are not used")
+			natsOpts = nil
+		}
 		srv, err := f.startEmbedded(logger)
 		if err != nil {
 			return err
@@ -352,7 +431,7 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 		url = srv.ClientURL()
 	}
 
-	nc, closed, err := connectWorker(url, logger)
+	nc, closed, err := connectWorker(url, logger, &f.nats, natsOpts...)
 	if err != nil {
 		return err
 	}
@@ -417,12 +496,12 @@ func (f *workerFlags) startEmbedded(logger *slog.Logger) (*server.Server, error)
 	return srv, nil
 }
 
-// connectWorker connects to NATS for a worker: it reconnects forever and
-// logs connection events. closed is closed when the connection is.
-func connectWorker(url string, logger *slog.Logger) (*nats.Conn, <-chan struct{}, error) {
+// connectWorker connects to NATS for a worker with the security options
+// of auth: it reconnects forever and logs connection events. closed is
+// closed when the connection is.
+func connectWorker(url string, logger *slog.Logger, auth *natsAuth, opts ...nats.Option) (*nats.Conn, <-chan struct{}, error) {
 	closed := make(chan struct{})
-	shown := redactURLs(url)
-	nc, err := nats.Connect(url,
+	opts = append(opts,
 		nats.Name("jetmail-worker"),
 		nats.MaxReconnects(-1),
 		nats.DrainTimeout(10*time.Second),
@@ -444,9 +523,10 @@ func connectWorker(url string, logger *slog.Logger) (*nats.Conn, <-chan struct{}
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
 	)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, nil, withCode(exitFailed, fmt.Errorf("cannot connect to NATS at %s: %w", shown, err))
+		return nil, nil, auth.natsConnectError(url, err, "")
 	}
-	logger.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+	logger.Info("connected to NATS", "url", nc.ConnectedUrlRedacted(), "auth", auth.method(), "tls", nc.TLSRequired() || auth.tls())
 	return nc, closed, nil
 }
