@@ -238,6 +238,7 @@ func (w *Worker) deliver(ctx context.Context, j *job, req *schema.Request, base 
 		outcome = de.Class.String()
 	}
 	w.metrics.SMTPAttempts.WithLabelValues(conn, outcome).Inc()
+	w.metrics.SMTPSend.WithLabelValues(conn).Observe(elapsed.Seconds())
 	log := w.log.With("id", j.id, "attempt", j.attempt, "connection", conn)
 	if de != nil {
 		args := []any{"op", de.Op, "class", de.Class.String(), "error", de.Err.Error(), "duration", elapsed}

@@ -15,8 +15,9 @@ type Metrics struct {
 	// SMTPAttempts counts SMTP transactions by connection and outcome: ok,
 	// transient, permanent.
 	SMTPAttempts *prometheus.CounterVec
-	// SMTPSend observes the duration of one SMTP transaction (or file
-	// write), by connection.
+	// SMTPSend observes the duration of one delivery attempt through the
+	// transport (an SMTP transaction, or the file write of the outbox), by
+	// connection.
 	SMTPSend *prometheus.HistogramVec
 	// DeliveryLatency observes the time from the first publish of a request
 	// to its final result.
@@ -26,6 +27,13 @@ type Metrics struct {
 	// QueuePending is the number of requests waiting in the stream for the
 	// consumer, refreshed periodically.
 	QueuePending prometheus.Gauge
+	// AckPending is the number of requests taken by workers and not yet
+	// settled, including those waiting for a retry (deferred), refreshed
+	// periodically. It must stay below the consumer's MaxAckPending.
+	AckPending prometheus.Gauge
+	// Ready is 1 while the worker is connected to NATS and its streams are
+	// reachable (what /readyz answers), else 0.
+	Ready prometheus.Gauge
 	// SMTPConnections is the number of open SMTP connections, by
 	// connection.
 	SMTPConnections *prometheus.GaugeVec
@@ -67,6 +75,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "jetmail", Name: "queue_pending",
 			Help: "Requests waiting in the stream for the consumer.",
 		}),
+		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "ack_pending",
+			Help: "Requests held by workers or waiting for a retry (deferred), from the consumer.",
+		}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "ready",
+			Help: "1 while connected to NATS with the streams reachable, else 0.",
+		}),
 		SMTPConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "jetmail", Name: "smtp_connections",
 			Help: "Open SMTP connections, by connection.",
@@ -78,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
-			m.DeliveryLatency, m.Inflight, m.QueuePending, m.SMTPConnections, m.DeadLetters)
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters)
 	}
 	for _, o := range []string{"accepted", "invalid", "duplicate"} {
 		m.Requests.WithLabelValues(o)

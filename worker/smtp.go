@@ -507,10 +507,7 @@ func (p *smtpPool) send(ctx context.Context, env *Envelope) (Delivery, error) {
 			return Delivery{}, withOp("rate", fmt.Errorf("rate limit: %w", err))
 		}
 	}
-	start := time.Now()
-	d, err := p.sendOnce(ctx, env, false)
-	p.metrics.SMTPSend.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
-	return d, err
+	return p.sendOnce(ctx, env, false)
 }
 
 func (p *smtpPool) sendOnce(ctx context.Context, env *Envelope, retried bool) (Delivery, error) {
