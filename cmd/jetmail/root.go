@@ -170,6 +170,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newStatusCmd(s),
 		newResultsCmd(s),
 		newBenchCmd(s),
+		newDeadCmd(s),
 	)
 	annotateEnv(root)
 	return root
