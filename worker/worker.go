@@ -65,9 +65,14 @@ type Config struct {
 	// NAME.text.tmpl, NAME.html.tmpl) that requests name with Template.
 	// Empty means none.
 	Templates string
-	// HTTPAddr is where /metrics, /healthz and /readyz are served. Empty
-	// means no HTTP server (the caller may mount Handler itself).
+	// HTTPAddr is where /metrics, /healthz, /readyz and the HTTP API are
+	// served. Empty means no HTTP server (the caller may mount Handler
+	// itself).
 	HTTPAddr string
+	// APITokens are the bearer tokens of the HTTP API (POST /v1/messages,
+	// GET /v1/messages/{Id}), served by Handler. Empty means the API is
+	// open.
+	APITokens []string
 	// Gatherer serves /metrics. Default: prometheus.DefaultGatherer when
 	// the registerer given to New is the default one, else nothing is
 	// served unless it is set.
@@ -205,6 +210,7 @@ type Worker struct {
 	transport Transport
 	smtp      *SMTPTransport // nil with the file transport
 	senders   map[string]senderPolicy
+	api       *API // the HTTP API; nil without a JetStream
 	templates templates
 	now       func() time.Time
 
@@ -255,6 +261,12 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 		w.transport, w.smtp = st, st
 		for name, c := range cfg.Connections {
 			w.senders[name] = senderPolicy{defaultFrom: c.From, allowed: c.AllowedSenders}
+		}
+	}
+	if js != nil {
+		apiCfg := APIConfig{Names: cfg.Names, Limits: cfg.Limits, Tokens: cfg.APITokens}
+		if w.api, err = newAPI(apiCfg, js, logger, w.senders, w.templates); err != nil {
+			return nil, fmt.Errorf("worker config: %w", err)
 		}
 	}
 	return w, nil
@@ -402,9 +414,12 @@ func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
-// Handler serves /metrics, /healthz and /readyz.
+// Handler serves /metrics, /healthz, /readyz and the HTTP API (see API).
 func (w *Worker) Handler() http.Handler {
 	mux := http.NewServeMux()
+	if w.api != nil {
+		w.api.Register(mux)
+	}
 	if w.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(w.gatherer, promhttp.HandlerOpts{}))
 	}
