@@ -547,23 +547,44 @@ func staleSession(err error) bool {
 // transact drives MAIL, RCPT… and DATA on s. healthy says whether s can be
 // reused afterwards.
 func (p *smtpPool) transact(ctx context.Context, s *session, env *Envelope) (d Delivery, err error, healthy bool) {
-	// Cancelling ctx interrupts any blocked read or write.
-	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetDeadline(time.Unix(1, 0)) })
+	// Timeout bounds each command, not the whole transaction (RFC 5321
+	// §4.5.3.2 times each one): renew moves the deadline on before every
+	// command and every write of the body. Cancelling ctx interrupts any
+	// blocked read or write, and renew never undoes that.
+	var mu sync.Mutex
+	cancelled := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		cancelled = true
+		_ = s.conn.SetDeadline(time.Unix(1, 0))
+	})
 	defer stop()
-	if err := s.c.UpdateDeadline(p.cfg.Timeout); err != nil {
+	renew := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if cancelled {
+			return context.Cause(ctx)
+		}
+		return s.conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
+	}
+	if err := renew(); err != nil {
 		return d, withOp("mail", err), false
 	}
 	if s.pipelining && !p.cfg.NoPipelining {
-		return p.transactPipelined(s, env)
+		return p.transactPipelined(s, env, renew)
 	}
 	// After a failed command the transaction is reset so the session can
 	// carry the next message; a failed RSET means the session is unusable.
-	reset := func() bool { return s.c.Reset() == nil }
+	reset := func() bool { return renew() == nil && s.c.Reset() == nil }
 	if err := s.c.Mail("<" + env.From + ">"); err != nil {
 		return d, withOp("mail", err), isReply(err) && reset()
 	}
 	var fails []rcptFailure
 	for _, rcpt := range env.To {
+		if err := renew(); err != nil {
+			return d, withOp("rcpt", err), false
+		}
 		if err := s.c.Rcpt("<" + rcpt + ">"); err != nil {
 			if !isReply(err) {
 				return d, withOp("rcpt", err), false
@@ -577,12 +598,19 @@ func (p *smtpPool) transact(ctx context.Context, s *session, env *Envelope) (d D
 	for _, f := range fails {
 		d.Rejected = append(d.Rejected, recipientResult(f.addr, Classify(withOp("rcpt", f.err))))
 	}
+	if err := renew(); err != nil {
+		return d, withOp("data", err), false
+	}
 	w, err := s.c.Data()
 	if err != nil {
 		return d, withOp("data", err), isReply(err) && reset()
 	}
-	if _, err := env.Msg.WriteTo(w); err != nil {
+	if _, err := env.Msg.WriteTo(renewingWriter{w: w, renew: renew}); err != nil {
 		return d, withOp("write", err), false
+	}
+	// The reply to the end of DATA gets a full Timeout of its own.
+	if err := renew(); err != nil {
+		return d, withOp("data-close", err), false
 	}
 	if err := w.Close(); err != nil {
 		return d, withOp("data-close", err), isReply(err) && reset()
@@ -601,7 +629,7 @@ func (p *smtpPool) transact(ctx context.Context, s *session, env *Envelope) (d D
 // trips instead of three plus one per recipient. The outcome is the same as
 // the sequential path's: refused recipients are collected, and the message
 // goes ahead when at least one was accepted.
-func (p *smtpPool) transactPipelined(s *session, env *Envelope) (d Delivery, err error, healthy bool) {
+func (p *smtpPool) transactPipelined(s *session, env *Envelope, renew func() error) (d Delivery, err error, healthy bool) {
 	t := s.c.Text
 	params := ""
 	if s.smtputf8 && !isASCII(env.From, env.To) {
@@ -621,12 +649,18 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope) (d Delivery, err
 	}
 	var fails []rcptFailure
 	for _, rcpt := range env.To {
+		if err := renew(); err != nil {
+			return d, withOp("rcpt", err), false
+		}
 		if _, _, err := t.ReadResponse(25); err != nil {
 			if !isReply(err) {
 				return d, withOp("rcpt", err), false
 			}
 			fails = append(fails, rcptFailure{addr: rcpt, err: err})
 		}
+	}
+	if err := renew(); err != nil {
+		return d, withOp("data", err), false
 	}
 	_, _, dataErr := t.ReadResponse(354)
 	if dataErr != nil && !isReply(dataErr) {
@@ -635,6 +669,9 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope) (d Delivery, err
 	// reset ends a transaction that must not go ahead. A server that
 	// answered 354 anyway gets an empty message ended at once.
 	reset := func() bool {
+		if renew() != nil {
+			return false
+		}
 		if dataErr == nil {
 			if _, err := t.W.WriteString(".\r\n"); err != nil || t.W.Flush() != nil {
 				return false
@@ -657,11 +694,18 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope) (d Delivery, err
 		d.Rejected = append(d.Rejected, recipientResult(f.addr, Classify(withOp("rcpt", f.err))))
 	}
 	dw := t.DotWriter()
-	if _, err := env.Msg.WriteTo(dw); err != nil {
+	if _, err := env.Msg.WriteTo(renewingWriter{w: dw, renew: renew}); err != nil {
+		return d, withOp("write", err), false
+	}
+	if err := renew(); err != nil {
 		return d, withOp("write", err), false
 	}
 	if err := dw.Close(); err != nil {
 		return d, withOp("write", err), false
+	}
+	// The reply to the end of DATA gets a full Timeout of its own.
+	if err := renew(); err != nil {
+		return d, withOp("data-close", err), false
 	}
 	_, msg, err := t.ReadResponse(250)
 	if err != nil {
@@ -669,6 +713,20 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope) (d Delivery, err
 	}
 	d.Reply = replyOf(&textproto.Error{Code: 250, Msg: msg})
 	return d, nil, true
+}
+
+// renewingWriter renews the session's deadline before each write of a
+// message body, so that Timeout bounds a stall, not the size of a message.
+type renewingWriter struct {
+	w     io.Writer
+	renew func() error
+}
+
+func (r renewingWriter) Write(b []byte) (int, error) {
+	if err := r.renew(); err != nil {
+		return 0, err
+	}
+	return r.w.Write(b)
 }
 
 // isASCII reports whether every address is plain ASCII.
