@@ -332,22 +332,7 @@ func (a *API) post(rw http.ResponseWriter, r *http.Request) {
 // parse decodes and validates a request as Worker.parse does, rendering
 // its Template (into req, which is not published) when templates are known.
 func (a *API) parse(data []byte) (*schema.Request, error) {
-	req, err := schema.Decode(data)
-	if err != nil {
-		return nil, err
-	}
-	if err := req.ValidateLimits(a.limits); err != nil {
-		return req, err
-	}
-	if req.Template != "" && a.tmpl != nil {
-		if err := a.tmpl.apply(req); err != nil {
-			return req, err
-		}
-		if err := req.ValidateLimits(a.limits); err != nil {
-			return req, err
-		}
-	}
-	return req, nil
+	return prepare(data, a.limits, a.tmpl)
 }
 
 // idempotencyKey checks the Idempotency-Key header against the request: a

@@ -122,20 +122,27 @@ func (w *Worker) parse(j *job) (*schema.Request, error) {
 			TooLarge: true,
 		}}}
 	}
-	req, err := schema.Decode(j.data)
+	return prepare(j.data, w.cfg.Limits, w.templates)
+}
+
+// prepare decodes and validates a request payload and renders its
+// template, validating the rendered request again (no CR or LF in the
+// subject, limits). With nil templates a Template is left for the worker.
+// The worker and the HTTP API both use it, so they agree on what is
+// invalid.
+func prepare(data []byte, lim schema.Limits, tmpl templates) (*schema.Request, error) {
+	req, err := schema.Decode(data)
 	if err != nil {
 		return nil, err
 	}
-	if err := req.ValidateLimits(w.cfg.Limits); err != nil {
+	if err := req.ValidateLimits(lim); err != nil {
 		return req, err
 	}
-	if req.Template != "" {
-		if err := w.templates.apply(req); err != nil {
+	if req.Template != "" && tmpl != nil {
+		if err := tmpl.apply(req); err != nil {
 			return req, err
 		}
-		// What the template rendered obeys the same rules (no CR or LF in
-		// the subject, limits).
-		if err := req.ValidateLimits(w.cfg.Limits); err != nil {
+		if err := req.ValidateLimits(lim); err != nil {
 			return req, err
 		}
 	}
@@ -193,20 +200,18 @@ func (w *Worker) dedupe(ctx context.Context, j *job) (decision, bool) {
 // deliver builds and sends a valid request and decides what follows.
 func (w *Worker) deliver(ctx context.Context, j *job, req *schema.Request, base schema.Result) decision {
 	conn := connName(req.Connection)
-	policy, ok := w.senders[conn]
-	if !ok {
-		return invalid(base, &schema.ValidationError{Fields: []schema.FieldError{{
-			Field: "Connection", Message: fmt.Sprintf("unknown connection %q", req.Connection)}}})
+	if _, err := checkSender(w.senders, req); err != nil {
+		var na *senderNotAllowedError
+		if !errors.As(err, &na) {
+			return invalid(base, err)
+		}
+		ev := base
+		ev.State, ev.Status, ev.Error = schema.StateFailed, schema.Status403, err.Error()
+		return decision{event: &ev, dead: true, verb: verbTerm, outcome: "invalid"}
 	}
-	env, err := Build(req, BuildOptions{DefaultFrom: policy.defaultFrom, Date: j.firstSeen})
+	env, err := Build(req, BuildOptions{DefaultFrom: w.senders[conn].defaultFrom, Date: j.firstSeen})
 	if err != nil {
 		return invalid(base, &schema.ValidationError{Fields: []schema.FieldError{{Field: "From", Message: err.Error()}}})
-	}
-	if !policy.allows(env.From) {
-		ev := base
-		ev.State, ev.Status = schema.StateFailed, schema.Status403
-		ev.Error = fmt.Sprintf("sender %s is not allowed on connection %q", env.From, conn)
-		return decision{event: &ev, dead: true, verb: verbTerm, outcome: "invalid"}
 	}
 	base.MessageId = "<" + env.MessageID + ">"
 	if j.attempt > w.cfg.Retry.MaxAttempts {

@@ -23,7 +23,8 @@ func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) 
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
 		Duplicates:  c.DuplicateWindow,
-		MaxMsgSize:  int32(min(c.Limits.MaxRequestBytes, 64<<20)),
+		// Headers (Nats-Msg-Id…) count towards the stored size.
+		MaxMsgSize: int32(min(c.Limits.MaxRequestBytes+4<<10, 64<<20)),
 	}, {
 		Name:              n.ResultStream,
 		Description:       "jetmail result events; the latest per subject is a message's status",

@@ -303,7 +303,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.ready.Store(true)
-	defer w.ready.Store(false)
+	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
 
 	// Background work stops after the handlers, so that sessions stay
 	// open for them.
@@ -402,9 +402,15 @@ func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
 		cancel()
 		if err == nil {
 			w.metrics.QueuePending.Set(float64(info.NumPending))
+			w.metrics.AckPending.Set(float64(info.NumAckPending))
 			w.ready.Store(true)
 		} else if ctx.Err() == nil {
 			w.ready.Store(false)
+		}
+		if w.Ready() {
+			w.metrics.Ready.Set(1)
+		} else {
+			w.metrics.Ready.Set(0)
 		}
 		select {
 		case <-ctx.Done():
