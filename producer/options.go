@@ -17,11 +17,12 @@ type options struct {
 	prefix       string
 	resultStream string
 	idFunc       func() string
+	limits       schema.Limits
 }
 
 func defaultOptions() options {
 	n := schema.DefaultNames()
-	return options{prefix: n.Prefix, resultStream: n.ResultStream, idFunc: nuid.Next}
+	return options{prefix: n.Prefix, resultStream: n.ResultStream, idFunc: nuid.Next, limits: schema.DefaultLimits}
 }
 
 // WithSubjectPrefix sets the first token of every subject the producer
@@ -69,6 +70,16 @@ func WithIDFunc(f func() string) Option {
 	}
 }
 
+// WithLimits sets the limits requests are validated against before they
+// are published; zero fields take schema.DefaultLimits. Use the workers'
+// limits, so that what the producer lets through the workers accept.
+func WithLimits(l schema.Limits) Option {
+	return func(o *options) error {
+		o.limits = l.WithDefaults()
+		return nil
+	}
+}
+
 // A PublishOption sets something for one publish call, such as extra
 // subject tokens. Invalid settings are reported by the publish method, with
 // an error wrapping ErrInvalidOption.
@@ -77,6 +88,15 @@ type PublishOption func(*publishOptions)
 // publishOptions are the settings of one publish call.
 type publishOptions struct {
 	tokens []string
+	id     string
+}
+
+// WithID sets the Id of one publish for a request or payload that has no
+// Id of its own, instead of generating one. Batch jobs derive it from the
+// request, so that re-running an interrupted batch publishes nothing twice.
+// It must match [A-Za-z0-9_-]{1,128}.
+func WithID(id string) PublishOption {
+	return func(o *publishOptions) { o.id = id }
 }
 
 // WithSubjectTokens appends tokens to the send subject of one publish, so

@@ -20,6 +20,7 @@ type Producer struct {
 	js     jetstream.JetStream
 	names  schema.Names
 	idFunc func() string
+	limits schema.Limits
 }
 
 // New returns a Producer that publishes through js. With no options it
@@ -47,7 +48,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Producer, error) {
 	}
 	names := schema.DefaultNames().WithPrefix(o.prefix)
 	names.ResultStream = o.resultStream
-	return &Producer{js: js, names: names, idFunc: o.idFunc}, nil
+	return &Producer{js: js, names: names, idFunc: o.idFunc, limits: o.limits}, nil
 }
 
 // Publish validates req, gives it an Id when it has none, publishes it as
@@ -151,15 +152,15 @@ func (p *Producer) requestMsg(req *schema.Request, opts []PublishOption) (*nats.
 	if req == nil {
 		return nil, "", errors.New("producer: publish of a nil request")
 	}
-	subject, err := p.sendSubject(opts)
+	subject, o, err := p.sendSubject(opts)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := req.Validate(); err != nil {
+	if err := req.ValidateLimits(p.limits); err != nil {
 		return nil, "", err
 	}
 	if req.Id == "" {
-		id, err := p.newID()
+		id, err := p.newID(o)
 		if err != nil {
 			return nil, "", err
 		}
@@ -174,7 +175,7 @@ func (p *Producer) requestMsg(req *schema.Request, opts []PublishOption) (*nats.
 
 // payloadMsg validates a raw payload and finds or makes its Id.
 func (p *Producer) payloadMsg(data []byte, opts []PublishOption) (*nats.Msg, string, error) {
-	subject, err := p.sendSubject(opts)
+	subject, o, err := p.sendSubject(opts)
 	if err != nil {
 		return nil, "", err
 	}
@@ -182,20 +183,21 @@ func (p *Producer) payloadMsg(data []byte, opts []PublishOption) (*nats.Msg, str
 	if err != nil {
 		return nil, "", err
 	}
-	if err := req.Validate(); err != nil {
+	if err := req.ValidateLimits(p.limits); err != nil {
 		return nil, "", err
 	}
 	id := req.Id
 	if id == "" {
-		if id, err = p.newID(); err != nil {
+		if id, err = p.newID(o); err != nil {
 			return nil, "", err
 		}
 	}
 	return &nats.Msg{Subject: subject, Data: data}, id, nil
 }
 
-// sendSubject is the send subject with the tokens of opts appended.
-func (p *Producer) sendSubject(opts []PublishOption) (string, error) {
+// sendSubject applies opts and returns the send subject with their tokens
+// appended.
+func (p *Producer) sendSubject(opts []PublishOption) (string, publishOptions, error) {
 	var o publishOptions
 	for _, opt := range opts {
 		if opt != nil {
@@ -204,16 +206,24 @@ func (p *Producer) sendSubject(opts []PublishOption) (string, error) {
 	}
 	for _, t := range o.tokens {
 		if !schema.ValidToken(t) {
-			return "", fmt.Errorf("%w: subject token %q is not a single NATS token", ErrInvalidOption, t)
+			return "", o, fmt.Errorf("%w: subject token %q is not a single NATS token", ErrInvalidOption, t)
 		}
 	}
-	if len(o.tokens) == 0 {
-		return p.names.SendSubject(), nil
+	if o.id != "" && !schema.ValidID(o.id) {
+		return "", o, fmt.Errorf("%w: Id %q does not match [A-Za-z0-9_-]{1,128}", ErrInvalidOption, o.id)
 	}
-	return p.names.SendSubject() + "." + strings.Join(o.tokens, "."), nil
+	if len(o.tokens) == 0 {
+		return p.names.SendSubject(), o, nil
+	}
+	return p.names.SendSubject() + "." + strings.Join(o.tokens, "."), o, nil
 }
 
-func (p *Producer) newID() (string, error) {
+// newID is the Id of a request that has none: WithID's, else a generated
+// one.
+func (p *Producer) newID(o publishOptions) (string, error) {
+	if o.id != "" {
+		return o.id, nil
+	}
 	id := p.idFunc()
 	if !schema.ValidID(id) {
 		return "", fmt.Errorf("%w: Id function returned %q, which does not match [A-Za-z0-9_-]{1,128}", ErrInvalidOption, id)
