@@ -125,6 +125,9 @@ func Classify(err error) *DeliveryError {
 		op = oe.op
 	}
 	d := &DeliveryError{Class: Transient, Status: schema.Status500, Op: op, Err: err}
+	if top, ok := err.(*opError); ok {
+		d.Err = top.err // Op names the stage; Error() would say it twice
+	}
 	if r := replyOf(err); r != nil {
 		d.Reply = r
 		switch {
