@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -188,6 +189,12 @@ func loadConnections(path string, lookupEnv func(string) (string, bool), logger 
 			sc.Password = c.Password
 			logger.Warn("a password is written in the connections file; prefer password_file or password_env, and keep the file unreadable to others",
 				"file", path, "connection", name)
+		}
+		if sc.Password != "" {
+			if u, err := url.Parse(c.URL); err == nil && (u.User == nil || u.User.Username() == "") {
+				bad("a password is set but the url names no user to log in as (smtp://USER@host)")
+				continue
+			}
 		}
 		if c.PoolSize < 0 {
 			bad("pool_size must be positive, got %d", c.PoolSize)
