@@ -366,13 +366,19 @@ func (p *smtpPool) open(ctx context.Context) (*session, error) {
 	if err != nil {
 		if conn != nil {
 			conn.Close()
-			var tp *textproto.Error
-			if errors.As(err, &tp) {
-				return nil, withOp("hello", err)
-			}
+		}
+		var oe *opError
+		switch {
+		case errors.As(err, &oe): // the implicit TLS handshake, in dial
+			return nil, err
+		case conn == nil:
+			return nil, withOp("dial", err)
+		case tlsFailure(err):
 			return nil, withOp("tls", err)
 		}
-		return nil, withOp("dial", err)
+		// The greeting, EHLO/HELO or the STARTTLS command: a reply, a
+		// timeout or a dropped connection.
+		return nil, withOp("hello", err)
 	}
 	s := &session{c: c, conn: conn}
 	s.pipelining, _ = c.Extension("PIPELINING")
@@ -392,6 +398,22 @@ func (p *smtpPool) open(ctx context.Context) (*session, error) {
 		}
 	}
 	return s, nil
+}
+
+// tlsFailure reports whether err comes from a TLS handshake: a certificate
+// that does not verify, an alert from the server, or a peer that does not
+// speak TLS.
+func tlsFailure(err error) bool {
+	var (
+		certErr  *tls.CertificateVerificationError
+		unkAuth  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		recErr   tls.RecordHeaderError
+		alertErr tls.AlertError
+	)
+	return errors.As(err, &certErr) || errors.As(err, &unkAuth) || errors.As(err, &hostErr) ||
+		errors.As(err, &invalid) || errors.As(err, &recErr) || errors.As(err, &alertErr)
 }
 
 // auth picks the strongest mechanism the server offers among those that
