@@ -238,7 +238,10 @@ func (a *natsAuth) natsConnectError(urls string, err error, hint string) error {
 	case errors.Is(err, nats.ErrSecureConnRequired):
 		return withCode(exitUsage, fmt.Errorf("cannot connect to NATS at %s: the server requires TLS: name its CA with --nats-ca-file", shown))
 	case strings.Contains(lower, "certificate required") || strings.Contains(lower, "bad certificate") ||
-		(a.tls() && a.cert == "" && (errors.Is(err, io.EOF) || strings.Contains(lower, "connection reset"))):
+		(a.tls() && (errors.Is(err, io.EOF) || strings.Contains(lower, "connection reset") ||
+			strings.Contains(lower, "broken pipe") || strings.Contains(lower, "closed by remote after tls handshake"))):
+		// With TLS 1.3 the server checks the client certificate after the
+		// handshake, so a refusal may show only as a closed connection.
 		why = "the server refused the TLS client certificate"
 		if a.cert == "" {
 			why = "the server wants a TLS client certificate: set --nats-cert and --nats-key"
