@@ -209,6 +209,19 @@ func TestWithID(t *testing.T) {
 	}
 }
 
+func TestDeadReplayAllNotFromEnv(t *testing.T) {
+	t.Parallel()
+	root := newRootCmd(stdio{}, mapEnv(nil))
+	cmd, _, err := root.Find([]string{"dead", "replay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := applyEnv(cmd.Flags(), mapEnv(map[string]string{"JETMAIL_ALL": "true"}))
+	if err != nil || len(set) != 0 || cmd.Flags().Lookup("all").Value.String() != "false" {
+		t.Errorf("JETMAIL_ALL set %v (%v); --all must come from the command line only", set, err)
+	}
+}
+
 func TestDeadUsage(t *testing.T) {
 	t.Parallel()
 	_, url := startNATS(t) // no worker ever ran: no dead-letter stream

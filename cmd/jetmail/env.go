@@ -23,8 +23,10 @@ func envName(flag string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// noEnv lists the flags that have no environment variable.
-func noEnv(name string) bool { return name == "help" || name == "version" }
+// noEnv lists the flags that have no environment variable: --all (of
+// dead replay) acts on everything, so it must be asked for on the command
+// line.
+func noEnv(name string) bool { return name == "help" || name == "version" || name == "all" }
 
 // applyEnv sets every flag of fs that was not given on the command line
 // from its environment variable, when that is set (even to ""), using
