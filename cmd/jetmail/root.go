@@ -171,6 +171,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newResultsCmd(s),
 		newBenchCmd(s),
 		newDeadCmd(s),
+		newGatewayCmd(s),
 	)
 	annotateEnv(root)
 	return root

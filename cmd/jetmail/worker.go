@@ -43,6 +43,7 @@ type workerFlags struct {
 	outbox             string
 	templates          string
 	limits             schema.Limits
+	api                apiTokenFlags
 	nats               natsAuth
 
 	httpAddr         string
@@ -160,12 +161,8 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringArrayVar(&f.smtpConnections, "smtp-connection", nil, "another named SMTP connection, NAME=URL (repeatable); it shares the other --smtp-* settings but takes its password from its URL")
 	fs.StringVar(&f.connectionsFile, "connections", "", "YAML file of named SMTP connections (see deploy/connections.example.yaml); the --smtp-* flags override its \"default\"")
 	fs.StringVar(&f.templates, "templates", "", "folder of message templates (NAME.subject.tmpl, NAME.text.tmpl, NAME.html.tmpl) that requests name with Template")
-	def := schema.DefaultLimits
-	fs.IntVar(&f.limits.MaxRequestBytes, "max-request-bytes", def.MaxRequestBytes, "largest request payload in bytes; -1 for no limit")
-	fs.IntVar(&f.limits.MaxAttachmentBytes, "max-attachment-bytes", def.MaxAttachmentBytes, "largest total decoded size of a request's attachments in bytes; -1 for no limit")
-	fs.IntVar(&f.limits.MaxRecipients, "max-recipients", def.MaxRecipients, "most To, Cc and Bcc recipients of a request together; -1 for no limit")
-	fs.IntVar(&f.limits.MaxHeaders, "max-headers", def.MaxHeaders, "most extra Headers of a request; -1 for no limit")
-	fs.IntVar(&f.limits.MaxHeaderLength, "max-header-length", def.MaxHeaderLength, "longest extra header value and subject in bytes; -1 for no limit")
+	addLimitFlags(fs, &f.limits)
+	f.api.addFlags(fs)
 	fs.IntVar(&f.prefetch, "prefetch", 0, "requests buffered ahead of the deliveries; 0 means --concurrency")
 	fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
 
@@ -240,17 +237,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 	if f.smtpRateLimit < 0 {
 		errs = append(errs, badFlags("--smtp-rate-limit must not be negative, got %g", f.smtpRateLimit))
 	}
-	for _, l := range []struct {
-		name string
-		v    int
-	}{
-		{"max-request-bytes", f.limits.MaxRequestBytes}, {"max-attachment-bytes", f.limits.MaxAttachmentBytes},
-		{"max-recipients", f.limits.MaxRecipients}, {"max-headers", f.limits.MaxHeaders}, {"max-header-length", f.limits.MaxHeaderLength},
-	} {
-		if l.v == 0 || l.v < -1 {
-			errs = append(errs, badFlags("--%s must be positive, or -1 for no limit, got %d", l.name, l.v))
-		}
-	}
+	errs = append(errs, checkLimits(f.limits)...)
 	if f.templates != "" {
 		if st, err := os.Stat(f.templates); err != nil {
 			errs = append(errs, withCode(exitUsage, fmt.Errorf("--templates: %w", err)))
@@ -259,6 +246,10 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 		}
 	}
 	password, err := f.password(fs)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	apiTokens, err := f.api.list()
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -291,6 +282,7 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 		HTTPAddr:    f.httpAddr,
 		Templates:   f.templates,
 		Limits:      f.limits,
+		APITokens:   apiTokens,
 	}
 	smtpConfig := func(url string) worker.SMTPConfig {
 		return worker.SMTPConfig{
