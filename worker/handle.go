@@ -389,13 +389,35 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := w.js.PublishMsg(ctx, m); err != nil {
+	if err := w.publishDurable(ctx, m); err != nil {
 		return fmt.Errorf("publish %s result: %w", ev.State, err)
 	}
 	w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
 	return nil
+}
+
+// publishDurable stores m and waits for JetStream's acknowledgement, for up
+// to 10s. A try that gets no answer within 2s is made again: the request
+// may have been lost with a connection to a node that went away, or sent
+// while a stream leader was being elected, and giving up would leave a sent
+// message to be redelivered and sent again. m carries a Nats-Msg-Id, so
+// JetStream stores it once however many times it arrives.
+func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := w.js.PublishMsg(tctx, m)
+		tcancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // publishAsync starts storing ev without waiting; settle awaits it.
@@ -424,10 +446,10 @@ func (w *Worker) publishDead(ctx context.Context, j *job, final *schema.Result) 
 	if err != nil {
 		return fmt.Errorf("encode dead letter: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := w.js.Publish(ctx, w.cfg.Names.DeadSubject(j.id), data,
-		jetstream.WithMsgID(fmt.Sprintf("%s.dead.%d", j.id, j.seq))); err != nil {
+	m := nats.NewMsg(w.cfg.Names.DeadSubject(j.id))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.dead.%d", j.id, j.seq))
+	if err := w.publishDurable(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}
 	w.metrics.DeadLetters.Inc()
