@@ -30,6 +30,9 @@ type job struct {
 	firstSeen time.Time
 	data      []byte
 	accepted  jetstream.PubAckFuture // the 202 accepted event, awaited before settling
+	// stopProgress stops the progress acks; settle calls it before the
+	// ack verb, handle when it returns.
+	stopProgress func()
 }
 
 // ackVerb is how a message is settled with JetStream.
@@ -93,6 +96,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	j := &job{msg: msg, seq: meta.Sequence.Stream, attempt: int(meta.NumDelivered), firstSeen: meta.Timestamp, data: msg.Data()}
+	// Progress acks run until the message is settled, not only during the
+	// SMTP session: storing the result may take a while too (a NATS node
+	// lost, a leader elected), and JetStream must not hand the message to
+	// another worker meanwhile. A message left unsettled is redelivered
+	// once they stop.
+	j.stopProgress = w.keepInProgress(msg)
+	defer j.stopProgress()
 	req, verr := w.parse(j)
 	j.id = requestID(req, msg.Headers(), meta)
 	if req != nil {
@@ -229,10 +239,8 @@ func (w *Worker) deliver(ctx context.Context, j *job, req *schema.Request, base 
 		w.metrics.Requests.WithLabelValues("accepted").Inc()
 	}
 
-	stop := w.keepInProgress(j.msg)
 	start := time.Now()
 	res, sendErr := w.transport.Send(ctx, env)
-	stop()
 	elapsed := time.Since(start)
 	if errors.Is(context.Cause(ctx), errShutdown) {
 		return decision{verb: verbNak}
@@ -282,8 +290,9 @@ func decide(base schema.Result, res Delivery, de *DeliveryError, attempt int, fi
 }
 
 // keepInProgress sends progress acks every AckWait/3 until the returned
-// function is called, so that a slow SMTP session is not redelivered to
-// another worker.
+// function is called, so that a message whose SMTP session or settling is
+// slow is not redelivered to another worker. The function may be called
+// more than once; once it has returned, no progress ack is sent.
 func (w *Worker) keepInProgress(msg jetstream.Msg) (stop func()) {
 	every := w.cfg.AckWait / 3
 	var mu sync.Mutex
@@ -347,6 +356,9 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 			w.metrics.DeliveryLatency.Observe(d.event.Time.Sub(j.firstSeen).Seconds())
 		}
 	}
+	// A progress ack after NakWithDelay would restart AckWait and undo
+	// the delay.
+	j.stopProgress()
 	var err error
 	switch d.verb {
 	case verbAck:
