@@ -390,7 +390,15 @@ func (w *Worker) resultMsg(j *job, ev *schema.Result) (*nats.Msg, error) {
 	}
 	m := nats.NewMsg(w.cfg.Names.ResultSubject(j.id))
 	m.Data = data
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.%s.%d.%d", j.id, ev.State, j.seq, j.attempt))
+	msgID := fmt.Sprintf("%s.%s.%d.%d", j.id, ev.State, j.seq, j.attempt)
+	if ev.Final() {
+		// One final result per request (stream sequence), whatever the
+		// attempt: when JetStream hands a request to two handlers at once
+		// (a consumer leader failing over), the second final event is
+		// dropped instead of changing a status that was already final.
+		msgID = fmt.Sprintf("%s.final.%d", j.id, j.seq)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, msgID)
 	m.Header.Set(headerRequestSeq, strconv.FormatUint(j.seq, 10))
 	return m, nil
 }
@@ -401,10 +409,13 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 	if err != nil {
 		return err
 	}
-	if err := w.publishDurable(ctx, m); err != nil {
+	ack, err := w.publishDurable(ctx, m)
+	if err != nil {
 		return fmt.Errorf("publish %s result: %w", ev.State, err)
 	}
-	w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
+	if !ack.Duplicate {
+		w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
+	}
 	return nil
 }
 
@@ -414,19 +425,19 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 // while a stream leader was being elected, and giving up would leave a sent
 // message to be redelivered and sent again. m carries a Nats-Msg-Id, so
 // JetStream stores it once however many times it arrives.
-func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) error {
+func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for {
 		tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := w.js.PublishMsg(tctx, m)
+		ack, err := w.js.PublishMsg(tctx, m)
 		tcancel()
 		if err == nil {
-			return nil
+			return ack, nil
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return nil, err
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -461,7 +472,7 @@ func (w *Worker) publishDead(ctx context.Context, j *job, final *schema.Result) 
 	m := nats.NewMsg(w.cfg.Names.DeadSubject(j.id))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.dead.%d", j.id, j.seq))
-	if err := w.publishDurable(ctx, m); err != nil {
+	if _, err := w.publishDurable(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}
 	w.metrics.DeadLetters.Inc()
