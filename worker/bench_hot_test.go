@@ -85,7 +85,10 @@ func BenchmarkBuild(b *testing.B) {
 
 type countingWriter int64
 
-func (c *countingWriter) Write(p []byte) (int, error) { *c += countingWriter(len(p)); return len(p), nil }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	*c += countingWriter(len(p))
+	return len(p), nil
+}
 
 // BenchmarkSMTPTransaction is one message (built once) sent on a pooled,
 // already open session to the counting sink: MAIL, RCPTs and DATA, with

@@ -37,6 +37,21 @@ type Envelope struct {
 	MessageID string
 	// Msg is the message itself.
 	Msg *gomail.Msg
+
+	raw []byte // Msg rendered, by render
+}
+
+// render returns the message as it goes over the wire, rendering it on
+// the first call.
+func (e *Envelope) render() ([]byte, error) {
+	if e.raw == nil {
+		var buf bytes.Buffer
+		if _, err := e.Msg.WriteTo(&buf); err != nil {
+			return nil, fmt.Errorf("render message: %w", err)
+		}
+		e.raw = buf.Bytes()
+	}
+	return e.raw, nil
 }
 
 // BuildOptions are the settings of Build that do not come from the request.

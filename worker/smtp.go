@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -529,6 +531,11 @@ func (p *smtpPool) send(ctx context.Context, env *Envelope) (Delivery, error) {
 			return Delivery{}, withOp("rate", fmt.Errorf("rate limit: %w", err))
 		}
 	}
+	// Render before taking a session, so a session is held only for the
+	// protocol and the message goes out in large writes.
+	if _, err := env.render(); err != nil {
+		return Delivery{}, withOp("build", err)
+	}
 	return p.sendOnce(ctx, env, false)
 }
 
@@ -627,7 +634,7 @@ func (p *smtpPool) transact(ctx context.Context, s *session, env *Envelope) (d D
 	if err != nil {
 		return d, withOp("data", err), isReply(err) && reset()
 	}
-	if _, err := env.Msg.WriteTo(renewingWriter{w: w, renew: renew}); err != nil {
+	if _, err := w.Write(env.raw); err != nil {
 		return d, withOp("write", err), false
 	}
 	// The reply to the end of DATA gets a full Timeout of its own.
@@ -715,14 +722,10 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope, renew func() err
 	for _, f := range fails {
 		d.Rejected = append(d.Rejected, recipientResult(f.addr, Classify(withOp("rcpt", f.err))))
 	}
-	dw := t.DotWriter()
-	if _, err := env.Msg.WriteTo(renewingWriter{w: dw, renew: renew}); err != nil {
-		return d, withOp("write", err), false
-	}
 	if err := renew(); err != nil {
 		return d, withOp("write", err), false
 	}
-	if err := dw.Close(); err != nil {
+	if err := writeData(t.W, env.raw, renew); err != nil {
 		return d, withOp("write", err), false
 	}
 	// The reply to the end of DATA gets a full Timeout of its own.
@@ -737,18 +740,38 @@ func (p *smtpPool) transactPipelined(s *session, env *Envelope, renew func() err
 	return d, nil, true
 }
 
-// renewingWriter renews the session's deadline before each write of a
-// message body, so that Timeout bounds a stall, not the size of a message.
-type renewingWriter struct {
-	w     io.Writer
-	renew func() error
-}
-
-func (r renewingWriter) Write(b []byte) (int, error) {
-	if err := r.renew(); err != nil {
-		return 0, err
+// writeData writes msg as the content of DATA: every line ended by CRLF
+// (a bare LF becomes CRLF), a leading dot doubled (RFC 5321 §4.5.2), and the
+// final "." line; then it flushes. It works line by line on the rendered
+// message, not byte by byte as textproto's DotWriter does, and renews the
+// deadline before each buffer-full so that Timeout bounds a stall, not the
+// size of a message.
+func writeData(w *bufio.Writer, msg []byte, renew func() error) error {
+	for len(msg) > 0 {
+		line := msg
+		next := len(msg)
+		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+			line, next = msg[:i], i+1
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line)+3 > w.Available() { // this line makes the writer flush
+			if err := renew(); err != nil {
+				return err
+			}
+		}
+		if len(line) > 0 && line[0] == '.' {
+			w.WriteByte('.')
+		}
+		w.Write(line)
+		if _, err := w.WriteString("\r\n"); err != nil {
+			return err
+		}
+		msg = msg[next:]
 	}
-	return r.w.Write(b)
+	if _, err := w.WriteString(".\r\n"); err != nil {
+		return err
+	}
+	return w.Flush()
 }
 
 // isASCII reports whether every address is plain ASCII.

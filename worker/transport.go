@@ -53,7 +53,12 @@ func (t *FileTransport) Send(_ context.Context, env *Envelope) (Delivery, error)
 		return Delivery{}, withOp("file", fmt.Errorf("create temporary file: %w", err))
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := env.Msg.WriteTo(tmp); err != nil {
+	raw, err := env.render()
+	if err != nil {
+		tmp.Close()
+		return Delivery{}, withOp("build", err)
+	}
+	if _, err := tmp.Write(raw); err != nil {
 		tmp.Close()
 		return Delivery{}, withOp("file", fmt.Errorf("write %s: %w", tmp.Name(), err))
 	}
