@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -252,15 +253,17 @@ func (w *Worker) deliver(ctx context.Context, j *job, req *schema.Request, base 
 	}
 	w.metrics.SMTPAttempts.WithLabelValues(conn, outcome).Inc()
 	w.metrics.SMTPSend.WithLabelValues(conn).Observe(elapsed.Seconds())
-	log := w.log.With("id", j.id, "attempt", j.attempt, "connection", conn)
-	if de != nil {
-		args := []any{"op", de.Op, "class", de.Class.String(), "error", de.Err.Error(), "duration", elapsed}
+	switch {
+	case de != nil:
+		args := []any{"id", j.id, "attempt", j.attempt, "connection", conn, "op", de.Op,
+			"class", de.Class.String(), "error", de.Err.Error(), "duration", elapsed}
 		if de.Reply != nil {
 			args = append(args, "smtp_code", de.Reply.Code, "smtp_enhanced", de.Reply.EnhancedCode)
 		}
-		log.WarnContext(ctx, "delivery failed", args...)
-	} else {
-		log.DebugContext(ctx, "delivered", "duration", elapsed, "recipients", len(env.To))
+		w.log.WarnContext(ctx, "delivery failed", args...)
+	case w.log.Enabled(ctx, slog.LevelDebug): // no logging cost on the hot path otherwise
+		w.log.DebugContext(ctx, "delivered", "id", j.id, "attempt", j.attempt, "connection", conn,
+			"duration", elapsed, "recipients", len(env.To))
 	}
 	return decide(base, res, de, j.attempt, j.firstSeen, w.now(), w.cfg.Retry)
 }
@@ -323,18 +326,22 @@ func (w *Worker) keepInProgress(msg jetstream.Msg) (stop func()) {
 // out twice.
 func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 	ctx = context.WithoutCancel(ctx) // finish settling even during shutdown
-	log := w.log.With("id", j.id, "attempt", j.attempt)
+	// The logger with the message's attributes is built only when needed:
+	// With allocates, and this runs for every message.
+	log := func() *slog.Logger { return w.log.With("id", j.id, "attempt", j.attempt) }
 	if d.outcome != "" {
 		w.metrics.Requests.WithLabelValues(d.outcome).Inc()
 	}
 	if j.accepted != nil {
+		timer := time.NewTimer(10 * time.Second)
 		select {
 		case <-j.accepted.Ok():
 		case err := <-j.accepted.Err():
-			log.WarnContext(ctx, "accepted event not stored", "error", err)
-		case <-time.After(10 * time.Second):
-			log.WarnContext(ctx, "accepted event not acknowledged in time")
+			log().WarnContext(ctx, "accepted event not stored", "error", err)
+		case <-timer.C:
+			log().WarnContext(ctx, "accepted event not acknowledged in time")
 		}
+		timer.Stop()
 	}
 	if d.event != nil && d.event.Time.IsZero() {
 		d.event.Time = w.now()
@@ -343,13 +350,13 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 	// find it for replay.
 	if d.dead {
 		if err := w.publishDead(ctx, j, d.event); err != nil {
-			log.ErrorContext(ctx, "cannot store dead letter; leaving the message for redelivery", "error", err)
+			log().ErrorContext(ctx, "cannot store dead letter; leaving the message for redelivery", "error", err)
 			return
 		}
 	}
 	if d.event != nil {
 		if err := w.publishResult(ctx, j, d.event); err != nil {
-			log.ErrorContext(ctx, "cannot store result; leaving the message for redelivery", "state", d.event.State, "error", err)
+			log().ErrorContext(ctx, "cannot store result; leaving the message for redelivery", "state", d.event.State, "error", err)
 			return
 		}
 		if d.event.Final() {
@@ -371,10 +378,19 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 		err = j.msg.Nak()
 	}
 	if err != nil {
-		log.WarnContext(ctx, "settling failed", "verb", d.verb.String(), "error", err)
+		log().WarnContext(ctx, "settling failed", "verb", d.verb.String(), "error", err)
 	}
+	// Failures and retries are logged at info; a sent message only at
+	// debug, as its result event already records it.
 	if d.event != nil {
-		log.InfoContext(ctx, "result", "state", d.event.State, "status", int(d.event.Status), "verb", d.verb.String())
+		level := slog.LevelInfo
+		if d.event.State == schema.StateSent {
+			level = slog.LevelDebug
+		}
+		if w.log.Enabled(ctx, level) {
+			w.log.Log(ctx, level, "result", "id", j.id, "attempt", j.attempt, "state", d.event.State,
+				"status", int(d.event.Status), "verb", d.verb.String())
+		}
 	}
 	if w.onDecision != nil {
 		w.onDecision(j.id, d)
@@ -420,16 +436,19 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 }
 
 // publishDurable stores m and waits for JetStream's acknowledgement, for up
-// to 10s. A try that gets no answer within 2s is made again: the request
-// may have been lost with a connection to a node that went away, or sent
-// while a stream leader was being elected, and giving up would leave a sent
-// message to be redelivered and sent again. m carries a Nats-Msg-Id, so
-// JetStream stores it once however many times it arrives.
+// to 30s (progress acks keep the request meanwhile). A try that gets no
+// answer within 5s is made again: the request may have been lost with a
+// connection to a node that went away, or sent while a stream leader was
+// being elected, and giving up would leave a sent message to be redelivered
+// and sent again. m carries a Nats-Msg-Id, so JetStream stores it once
+// however many times it arrives; a subscriber may see the event twice. The
+// try timeout is well above a loaded server's acknowledgement time (fsync
+// per write included), so that this is rare.
 func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
+		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 		ack, err := w.js.PublishMsg(tctx, m)
 		tcancel()
 		if err == nil {
