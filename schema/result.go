@@ -87,9 +87,10 @@ type Result struct {
 	Status Status `json:"Status"`
 	// State is accepted, deferred, sent or failed.
 	State State `json:"State"`
-	// Attempt counts delivery attempts across all workers, from 1. It is 0
-	// on results of requests that never reached an attempt (invalid ones
-	// are published with the delivery count, so at least 1).
+	// Attempt is the JetStream delivery count of the request, counted
+	// across all workers, from 1: the attempt the event is about. An
+	// accepted event has 1; an invalid request's 400 has the delivery that
+	// found it invalid.
 	Attempt int `json:"Attempt"`
 	// MessageId is the RFC 5322 Message-ID of the built message, stable
 	// across retries.
