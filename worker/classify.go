@@ -28,6 +28,8 @@ const (
 	Permanent
 )
 
+// String returns "transient" or "permanent", as in the
+// jetmail_smtp_attempts_total outcome label.
 func (c Class) String() string {
 	switch c {
 	case Transient:
@@ -57,6 +59,8 @@ type DeliveryError struct {
 	Err error
 }
 
+// Error returns the stage and the cause, such as "rcpt: 550 5.1.1 no such
+// user".
 func (e *DeliveryError) Error() string { return e.Op + ": " + e.Err.Error() }
 
 // Unwrap returns the underlying error.
