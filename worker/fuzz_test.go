@@ -92,8 +92,10 @@ func FuzzBuild(f *testing.F) {
 				}
 			}
 		}
-		if s, err := wordDecoder.DecodeHeader(m.Header.Get("Subject")); err != nil || s != subject {
-			t.Fatalf("Subject back = %q (%v), want %q", s, err, subject)
+		// Readers drop the white space around a header value (net/mail
+		// does), so a subject is compared as a mail client shows it.
+		if s, err := wordDecoder.DecodeHeader(m.Header.Get("Subject")); err != nil || s != strings.TrimSpace(subject) {
+			t.Fatalf("Subject back = %q (%v), want %q", s, err, strings.TrimSpace(subject))
 		}
 	})
 }
