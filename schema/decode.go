@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Decode parses a request payload. Keys are matched case-insensitively and
@@ -48,14 +49,27 @@ func Decode(data []byte) (*Request, error) {
 	d.value("IsHtml", &r.IsHtml)
 	d.value("Importance", &r.Importance)
 	if v, ok := lookupFold(raw, "Attachments"); ok && !isNull(v) {
-		var items []json.RawMessage
-		if err := json.Unmarshal(v, &items); err != nil {
-			d.fail("Attachments", "want an array of objects")
+		// The common case, an array of objects, is decoded in one go; only
+		// when that fails is it taken apart item by item, to name the item
+		// at fault.
+		var objs []map[string]json.RawMessage
+		if err := json.Unmarshal(v, &objs); err != nil {
+			objs = nil
+			var items []json.RawMessage
+			if err := json.Unmarshal(v, &items); err != nil {
+				d.fail("Attachments", "want an array of objects")
+			}
+			for _, item := range items {
+				var obj map[string]json.RawMessage
+				if json.Unmarshal(item, &obj) != nil {
+					obj = nil
+				}
+				objs = append(objs, obj)
+			}
 		}
-		for i, item := range items {
+		for i, obj := range objs {
 			path := fmt.Sprintf("Attachments[%d]", i)
-			var obj map[string]json.RawMessage
-			if err := json.Unmarshal(item, &obj); err != nil || obj == nil {
+			if obj == nil {
 				d.fail(path, "want an object")
 				continue
 			}
@@ -110,9 +124,31 @@ func (d *decoder) value(key string, target any) {
 	if !ok || isNull(v) {
 		return
 	}
+	if sp, ok := target.(*string); ok {
+		if str, ok := fastString(v); ok {
+			*sp = str
+			return
+		}
+	}
 	if err := json.Unmarshal(v, target); err != nil {
 		d.fail(key, typeMessage(err))
 	}
+}
+
+// fastString decodes a JSON string without escapes straight from its
+// bytes. The payload has already been validated as a whole, so scanning a
+// large Body or ContentData again, as json.Unmarshal would, buys nothing.
+// Strings with escapes or invalid UTF-8 (which encoding/json replaces) are
+// left to json.Unmarshal.
+func fastString(v json.RawMessage) (string, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return "", false
+	}
+	inner := v[1 : len(v)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 || !utf8.Valid(inner) {
+		return "", false
+	}
+	return string(inner), true
 }
 
 // stringMap decodes the value of key as an object of strings, naming the
