@@ -73,14 +73,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Producer, error) {
 // the JetStream context's default timeout (5 s in nats.go) applies.
 func (p *Producer) Publish(ctx context.Context, req *schema.Request, opts ...PublishOption) (string, *jetstream.PubAck, error) {
 	msg, id, err := p.requestMsg(req, opts)
-	if err != nil {
-		return "", nil, err
-	}
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
-	if err != nil {
-		return id, nil, p.publishError(msg.Subject, id, err)
-	}
-	return id, ack, nil
+	return p.publish(ctx, msg, id, err)
 }
 
 // PublishJSON publishes a request payload as it is, without re-encoding it:
@@ -95,14 +88,7 @@ func (p *Producer) Publish(ctx context.Context, req *schema.Request, opts ...Pub
 // Otherwise PublishJSON behaves as Publish.
 func (p *Producer) PublishJSON(ctx context.Context, data []byte, opts ...PublishOption) (string, *jetstream.PubAck, error) {
 	msg, id, err := p.payloadMsg(data, opts)
-	if err != nil {
-		return "", nil, err
-	}
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
-	if err != nil {
-		return id, nil, p.publishError(msg.Subject, id, err)
-	}
-	return id, ack, nil
+	return p.publish(ctx, msg, id, err)
 }
 
 // PublishAsync is Publish without waiting for the acknowledgement, for
@@ -123,22 +109,33 @@ func (p *Producer) PublishJSON(ctx context.Context, data []byte, opts ...Publish
 // request.
 func (p *Producer) PublishAsync(req *schema.Request, opts ...PublishOption) (string, jetstream.PubAckFuture, error) {
 	msg, id, err := p.requestMsg(req, opts)
-	if err != nil {
-		return "", nil, err
-	}
-	f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
-	if err != nil {
-		return id, nil, p.publishError(msg.Subject, id, err)
-	}
-	return id, f, nil
+	return p.publishAsync(msg, id, err)
 }
 
 // PublishJSONAsync is PublishJSON without waiting for the acknowledgement.
 // See PublishAsync for the window of pending acks and how to wait for them.
 func (p *Producer) PublishJSONAsync(data []byte, opts ...PublishOption) (string, jetstream.PubAckFuture, error) {
 	msg, id, err := p.payloadMsg(data, opts)
+	return p.publishAsync(msg, id, err)
+}
+
+// publish stores msg with Nats-Msg-Id id and waits for the ack; prepErr is
+// the error of building msg, which publishes nothing.
+func (p *Producer) publish(ctx context.Context, msg *nats.Msg, id string, prepErr error) (string, *jetstream.PubAck, error) {
+	if prepErr != nil {
+		return "", nil, prepErr
+	}
+	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
 	if err != nil {
-		return "", nil, err
+		return id, nil, p.publishError(msg.Subject, id, err)
+	}
+	return id, ack, nil
+}
+
+// publishAsync is publish without waiting for the ack.
+func (p *Producer) publishAsync(msg *nats.Msg, id string, prepErr error) (string, jetstream.PubAckFuture, error) {
+	if prepErr != nil {
+		return "", nil, prepErr
 	}
 	f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
 	if err != nil {
