@@ -59,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"connection", "outcome"}),
 		SMTPSend: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "jetmail", Name: "smtp_send_seconds",
-			Help:    "Duration of one SMTP transaction, by connection.",
+			Help:    "Duration of one delivery attempt through the transport (an SMTP transaction, or the outbox write), by connection.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"connection"}),
 		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
