@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/worker"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -56,7 +57,7 @@ func startWorker(t *testing.T) *runningWorker {
 	reg := prometheus.NewRegistry()
 	cfg := worker.Config{
 		Outbox:      t.TempDir(),
-		Connections: map[string]worker.SMTPConfig{"default": {URL: smtpSrv.URL()}},
+		Connections: map[string]config.SMTP{"default": {URL: smtpSrv.URL()}},
 		GracePeriod: 5 * time.Second,
 	}
 	w, err := worker.New(cfg, js, reg, nil)

@@ -43,6 +43,23 @@ func (n Names) WithPrefix(p string) Names {
 	return n
 }
 
+// WithDefaults returns n with each empty name replaced by DefaultNames'.
+func (n Names) WithDefaults() Names {
+	d := DefaultNames()
+	for _, f := range []struct {
+		v   *string
+		def string
+	}{
+		{&n.Prefix, d.Prefix}, {&n.RequestStream, d.RequestStream}, {&n.ResultStream, d.ResultStream},
+		{&n.DeadStream, d.DeadStream}, {&n.Consumer, d.Consumer},
+	} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
+	}
+	return n
+}
+
 // ValidToken reports whether s can be used as one NATS subject token.
 func ValidToken(s string) bool { return s != "" && !strings.ContainsAny(s, ". *>\t\r\n") }
 

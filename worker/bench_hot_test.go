@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/smtpsink"
 	"github.com/jetmail/jetmail/schema"
-	"github.com/jetmail/jetmail/worker/smtptest"
 )
 
 // hotRequest is a validated request like those of the benchmarks: a text
@@ -99,12 +100,12 @@ func BenchmarkSMTPTransaction(b *testing.B) {
 		noPipelining bool
 	}{{"pipelined", false}, {"sequential", true}} {
 		b.Run(c.name, func(b *testing.B) {
-			sink, err := smtptest.StartSink("127.0.0.1:0")
+			sink, err := smtpsink.Start("127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer sink.Close()
-			tr, err := NewSMTPTransport(map[string]SMTPConfig{"default": {URL: sink.URL(), PoolSize: 1, NoPipelining: c.noPipelining}}, nil, nil)
+			tr, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: sink.URL(), PoolSize: 1, NoPipelining: c.noPipelining}}, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

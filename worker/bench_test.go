@@ -13,8 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
+	"github.com/jetmail/jetmail/internal/smtpsink"
 	"github.com/jetmail/jetmail/schema"
-	"github.com/jetmail/jetmail/worker/smtptest"
 )
 
 // benchRequest is a small (about 2 KB) message.
@@ -32,12 +34,12 @@ func benchRequest(i int) *schema.Request {
 // jetmail's SMTP transport with the same concurrency and pool as the
 // end-to-end benchmark: the ceiling for jetmail on this machine.
 func BenchmarkDirectSMTP(b *testing.B) {
-	srv, err := smtptest.StartSink("127.0.0.1:0")
+	srv, err := smtpsink.Start("127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer srv.Close()
-	tr, err := NewSMTPTransport(map[string]SMTPConfig{"default": {URL: srv.URL(), PoolSize: 8}}, nil, nil)
+	tr, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: srv.URL(), PoolSize: 8}}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,13 +74,13 @@ func BenchmarkDirectSMTP(b *testing.B) {
 // BenchmarkEndToEnd publishes b.N requests and waits until every final
 // result is in: publish → JetStream → worker → SMTP sink → result.
 func BenchmarkEndToEnd(b *testing.B) {
-	srv, err := smtptest.StartSink("127.0.0.1:0")
+	srv, err := smtpsink.Start("127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer srv.Close()
-	tb := &testBundle{srv: startJetStream(b)}
-	tb.nc, tb.js = connect(b, tb.srv.ClientURL())
+	tb := &testBundle{srv: jstest.Start(b).NATS()}
+	tb.nc, tb.js = jstest.Connect(b, tb.srv.ClientURL())
 	var finals atomic.Int64
 	done := make(chan struct{}, 1)
 	target := int64(b.N)
@@ -94,7 +96,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	tb.startWorker(b, Config{Concurrency: 16, Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), PoolSize: 8}}})
+	tb.startWorker(b, Config{Concurrency: 16, Connections: map[string]config.SMTP{"default": {URL: srv.URL(), PoolSize: 8}}})
 	b.ResetTimer()
 	start := time.Now()
 	for i := range b.N {

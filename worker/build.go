@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"html"
 	"maps"
@@ -17,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	gomail "github.com/wneessen/go-mail"
+
+	"github.com/jetmail/jetmail/config"
 
 	"github.com/jetmail/jetmail/schema"
 )
@@ -66,7 +67,7 @@ type BuildOptions struct {
 
 // errNoSender is returned by Build when neither the request nor the
 // connection names a sender.
-var errNoSender = errors.New("no From and the connection has no default sender")
+var errNoSender = config.ErrNoSender
 
 // Build renders req as a MIME message with go-mail: display names and UTF-8
 // subjects (RFC 2047), HTML with a plain-text alternative, attachments and

@@ -1,17 +1,14 @@
 package worker
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/textproto"
 	"regexp"
 	"strings"
-	"syscall"
 
 	"github.com/jetmail/jetmail/schema"
 )
@@ -40,6 +37,28 @@ func (c Class) String() string {
 	return "unknown"
 }
 
+// Op is the step of a delivery at which a failure happened.
+type Op string
+
+// The steps of a delivery, in the order they happen.
+const (
+	OpConfig    Op = "config"     // the request names a connection the worker does not have
+	OpBuild     Op = "build"      // rendering the message, or an address unfit for the protocol
+	OpRate      Op = "rate"       // waiting for the connection's rate limit
+	OpPool      Op = "pool"       // waiting for a free session of the pool
+	OpDial      Op = "dial"       // opening the TCP connection
+	OpTLS       Op = "tls"        // a TLS handshake, a certificate, or TLS required but not offered
+	OpHello     Op = "hello"      // the greeting, EHLO/HELO or the STARTTLS command
+	OpAuth      Op = "auth"       // AUTH
+	OpMail      Op = "mail"       // MAIL FROM
+	OpRcpt      Op = "rcpt"       // RCPT TO
+	OpData      Op = "data"       // the DATA command
+	OpWrite     Op = "write"      // writing the message after 354
+	OpDataClose Op = "data-close" // the reply to the final "." of DATA
+	OpFile      Op = "file"       // writing the .eml file of the outbox
+	OpSend      Op = "send"       // a transport's error that names no step
+)
+
 // DeliveryError is a failed delivery after classification. Classify and
 // classifyRecipients are the only functions that create one.
 type DeliveryError struct {
@@ -48,9 +67,8 @@ type DeliveryError struct {
 	// Status is what the final result says if this failure ends the
 	// message: 401, 403, 404 or 500.
 	Status schema.Status
-	// Op is where it happened: dial, tls, auth, mail, rcpt, data,
-	// data-close, write or file.
-	Op string
+	// Op is the step it happened at.
+	Op Op
 	// Reply is the SMTP reply, or nil when the server never answered.
 	Reply *schema.SMTPReply
 	// Recipients holds the per-recipient rejections when Op is rcpt.
@@ -59,33 +77,34 @@ type DeliveryError struct {
 	Err error
 }
 
-// Error returns the stage and the cause, such as "rcpt: 550 5.1.1 no such
+// Error returns the step and the cause, such as "rcpt: 550 5.1.1 no such
 // user".
-func (e *DeliveryError) Error() string { return e.Op + ": " + e.Err.Error() }
+func (e *DeliveryError) Error() string { return string(e.Op) + ": " + e.Err.Error() }
 
 // Unwrap returns the underlying error.
 func (e *DeliveryError) Unwrap() error { return e.Err }
 
 // errShutdown is the cancellation cause of in-flight handlers when the grace
-// period of a shutdown has run out.
+// period of a shutdown has run out. It is not a failure of the message:
+// handle sees it in the context's cause and returns the message to the
+// stream without classifying anything.
 var errShutdown = errors.New("worker shutting down")
 
 // errTLSRequired is returned when a connection demands TLS and the server
 // does not offer STARTTLS. The message is never sent in clear.
 var errTLSRequired = errors.New("the server does not offer STARTTLS and the connection requires TLS; not sending in clear")
 
-// opError carries the SMTP stage an error happened in until Classify sees
-// it.
+// opError carries the step an error happened at until Classify sees it.
 type opError struct {
-	op  string
+	op  Op
 	err error
 }
 
-func (e *opError) Error() string { return e.op + ": " + e.err.Error() }
+func (e *opError) Error() string { return string(e.op) + ": " + e.err.Error() }
 func (e *opError) Unwrap() error { return e.err }
 
-// withOp records the stage op on err (nil stays nil).
-func withOp(op string, err error) error {
+// withOp records the step op on err (nil stays nil).
+func withOp(op Op, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -111,10 +130,19 @@ func replyOf(err error) *schema.SMTPReply {
 
 // Classify turns a failed delivery into a *DeliveryError: whether to retry,
 // and the status if it ends here. It is the one place where jetmail decides
-// what an SMTP or network failure means; its test table is the
-// documentation. It returns nil for a nil error. A cancellation caused by
-// errShutdown is returned unchanged (as a plain error), because it is not a
-// failure of the message.
+// what an SMTP or network failure means; its test table (classify_test.go)
+// is the documentation. It returns nil for a nil error, and a
+// *DeliveryError found in err's chain as it is.
+//
+// The rules: a reply of 530, 534, 535 or 538 (authentication) is transient
+// with status 401, because an operator can fix the credentials (contract
+// §4); any other 4xx, and any reply outside 4xx and 5xx where a failure was
+// expected, is transient; a 5xx is permanent, with the status of
+// permanentStatus. Without a reply (a dropped or refused connection, a
+// timeout, a TLS failure, a full disk in the outbox) the failure is
+// transient, except a message that cannot be rendered, which no retry
+// mends. A TLS failure is reported at OpTLS whatever step it surfaced in,
+// so that the result says the relay's TLS is at fault.
 func Classify(err error) *DeliveryError {
 	if err == nil {
 		return nil
@@ -123,77 +151,96 @@ func Classify(err error) *DeliveryError {
 	if errors.As(err, &de) {
 		return de
 	}
-	op := "send"
+	d := &DeliveryError{Class: Transient, Status: schema.Status500, Op: OpSend, Err: err}
 	var oe *opError
 	if errors.As(err, &oe) {
-		op = oe.op
-	}
-	d := &DeliveryError{Class: Transient, Status: schema.Status500, Op: op, Err: err}
-	if top, ok := err.(*opError); ok {
-		d.Err = top.err // Op names the stage; Error() would say it twice
-	}
-	if r := replyOf(err); r != nil {
-		d.Reply = r
-		switch {
-		case r.Code == 530 || r.Code == 535 || r.Code == 534 || r.Code == 538:
-			// Authentication: an operator can fix the credentials, so keep
-			// the message (contract §4).
-			d.Class, d.Status = Transient, schema.Status401
-		case r.Code >= 400 && r.Code < 500:
-			d.Class = Transient
-		case r.Code >= 500:
-			d.Class, d.Status = Permanent, permanentStatus(r, op)
-		default:
-			// A reply outside 4xx/5xx where an error was expected: the
-			// server is confused; try again later.
-			d.Class = Transient
+		d.Op = oe.op
+		if top, ok := err.(*opError); ok {
+			d.Err = top.err // Op names the step; Error() would say it twice
 		}
-		return d
 	}
-	// No reply: network, TLS, timeouts, local errors.
-	var (
-		netErr  net.Error
-		certErr *tls.CertificateVerificationError
-		unkAuth x509.UnknownAuthorityError
-		hostErr x509.HostnameError
-		recErr  tls.RecordHeaderError
-	)
+	if tlsFailure(err) {
+		d.Op = OpTLS
+	}
+	r := replyOf(err)
+	d.Reply = r
 	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
-		errors.As(err, &netErr),
-		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
-		d.Class = Transient
-	case errors.Is(err, errTLSRequired), errors.As(err, &certErr), errors.As(err, &unkAuth),
-		errors.As(err, &hostErr), errors.As(err, &recErr), op == "tls":
-		// A fault in the relay or its configuration, not in the message.
-		d.Class = Transient
-	case op == "build" || op == "file":
+	case r == nil && d.Op == OpBuild:
 		d.Class = Permanent
-		if op == "file" {
-			d.Class = Transient // a full disk or a permission can be fixed
-		}
-	default:
-		d.Class = Transient
+	case r == nil:
+		// Network, TLS, timeouts, local errors: the relay or the machine,
+		// not the message, is at fault.
+	case r.Code == 530 || r.Code == 534 || r.Code == 535 || r.Code == 538:
+		d.Status = schema.Status401
+	case r.Code >= 500:
+		d.Class, d.Status = Permanent, permanentStatus(r, d.Op)
 	}
 	return d
 }
 
-// permanentStatus maps a 5xx reply to the final status: 403 for policy
-// (5.7.x, relay denied), 404 for an unknown recipient, 500 otherwise.
-func permanentStatus(r *schema.SMTPReply, op string) schema.Status {
+// permanentStatus maps a 5xx reply to the final status: 403 for policy,
+// 404 for an unknown recipient, 500 otherwise. A specific enhanced status
+// code (RFC 3463) decides when there is one: 5.7.x is policy, 5.1.x at RCPT
+// an unknown recipient, and any other specific code neither, whatever the
+// text says ("550 5.1.1 <x>: Recipient address rejected: access denied" is
+// an unknown recipient). Without one (or with the generic 5.0.0) the text
+// decides: relay, policy, "not permitted" or "denied" is policy; and 550,
+// 551 or 553 at RCPT is an unknown recipient.
+func permanentStatus(r *schema.SMTPReply, op Op) schema.Status {
+	enh := r.EnhancedCode
+	switch {
+	case strings.HasPrefix(enh, "5.7."):
+		return schema.Status403
+	case strings.HasPrefix(enh, "5.1.") && op == OpRcpt:
+		return schema.Status404
+	case enh != "" && enh != "5.0.0":
+		return schema.Status500
+	}
 	low := strings.ToLower(r.Message)
 	switch {
-	case strings.HasPrefix(r.EnhancedCode, "5.7."),
-		strings.Contains(low, "relay"), strings.Contains(low, "policy"),
+	case strings.Contains(low, "relay"), strings.Contains(low, "policy"),
 		strings.Contains(low, "not permitted"), strings.Contains(low, "denied"):
 		return schema.Status403
-	case op == "rcpt" && (strings.HasPrefix(r.EnhancedCode, "5.1.") ||
-		(r.EnhancedCode == "" && (r.Code == 550 || r.Code == 551 || r.Code == 553))):
+	case op == OpRcpt && (r.Code == 550 || r.Code == 551 || r.Code == 553):
 		return schema.Status404
 	}
 	return schema.Status500
+}
+
+// tlsFailure reports whether err comes from TLS: a certificate that does
+// not verify, an alert from the server, a peer that does not speak TLS, or
+// a connection that requires TLS to a server that does not offer it.
+func tlsFailure(err error) bool {
+	var (
+		certErr  *tls.CertificateVerificationError
+		unkAuth  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		recErr   tls.RecordHeaderError
+		alertErr tls.AlertError
+	)
+	return errors.Is(err, errTLSRequired) ||
+		errors.As(err, &certErr) || errors.As(err, &unkAuth) || errors.As(err, &hostErr) ||
+		errors.As(err, &invalid) || errors.As(err, &recErr) || errors.As(err, &alertErr)
+}
+
+// isReply reports whether err is an SMTP reply (the session is still in
+// step with the server) rather than a broken connection.
+func isReply(err error) bool {
+	var tp *textproto.Error
+	return errors.As(err, &tp) && !errors.Is(err, io.EOF)
+}
+
+// staleSession reports whether err at the first command of a reused
+// session means that the session was already dead: the server closed it
+// while it sat idle (EOF, reset, broken pipe) or answers 421 (closing).
+// The pool then re-dials once, which is not a delivery attempt.
+func staleSession(err error) bool {
+	var tp *textproto.Error
+	if errors.As(err, &tp) {
+		return tp.Code == 421
+	}
+	return true
 }
 
 // rcptFailure is one recipient the server refused at RCPT.
@@ -206,9 +253,9 @@ type rcptFailure struct {
 // 404 when all were unknown users, else the worst class among them
 // (permanent only when all are permanent).
 func classifyRecipients(fails []rcptFailure) *DeliveryError {
-	d := &DeliveryError{Op: "rcpt", Class: Permanent, Status: schema.Status404}
+	d := &DeliveryError{Op: OpRcpt, Class: Permanent, Status: schema.Status404}
 	for _, f := range fails {
-		c := Classify(withOp("rcpt", f.err))
+		c := Classify(withOp(OpRcpt, f.err))
 		d.Recipients = append(d.Recipients, recipientResult(f.addr, c))
 		d.Reply, d.Err = c.Reply, c.Err
 		if c.Class == Transient {

@@ -35,72 +35,30 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/nats-io/nats-server/v2/server"
-	natsserver "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
 
-// storedLog follows every result event stored in JETMAIL_RESULTS, from the
-// first, with an ordered consumer. Unlike a core subscription it misses
-// nothing across reconnects and sees each stored event once: it is the
-// durable record that producers read.
-func storedLog(t testing.TB, js jetstream.JetStream) *resultLog {
-	t.Helper()
-	l := &resultLog{byID: map[string][]schema.Result{}}
-	l.cond = sync.NewCond(&l.mu)
-	handler := func(m jetstream.Msg) {
-		var r schema.Result
-		if err := json.Unmarshal(m.Data(), &r); err != nil {
-			t.Errorf("stored result not JSON: %v", err)
-			return
-		}
-		l.mu.Lock()
-		l.byID[r.Id] = append(l.byID[r.Id], r)
-		l.count++
-		if r.Final() {
-			l.finals++
-		}
-		l.cond.Broadcast()
-		l.mu.Unlock()
-	}
-	// A request written to a connection just before its server went away
-	// gets no answer: try again until one gets through.
-	var cc jetstream.ConsumeContext
-	waitFor(t, 30*time.Second, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		c, err := js.OrderedConsumer(ctx, "JETMAIL_RESULTS", jetstream.OrderedConsumerConfig{})
-		if err != nil {
-			return false
-		}
-		cc, err = c.Consume(handler)
-		return err == nil
-	})
-	t.Cleanup(cc.Stop)
-	return l
-}
-
 // checkExactlyOnce checks that each of ids has exactly one final result in
 // l, and that it is sent, and returns how many copies the SMTP server holds
 // beyond one per message.
-func checkExactlyOnce(t *testing.T, l *resultLog, srv *smtptest.Server, ids []string) (dups int) {
+func checkExactlyOnce(t *testing.T, l *jstest.Results, srv *smtptest.Server, ids []string) (dups int) {
 	t.Helper()
-	l.mu.Lock()
 	for _, id := range ids {
 		var finals []string
-		for _, r := range l.byID[id] {
+		for _, r := range l.Events(id) {
 			if r.Final() {
 				finals = append(finals, fmt.Sprintf("%s/%d@%d", r.State, r.Status, r.Attempt))
 			}
@@ -109,7 +67,6 @@ func checkExactlyOnce(t *testing.T, l *resultLog, srv *smtptest.Server, ids []st
 			t.Errorf("%s: final results %v, want exactly one sent", id, finals)
 		}
 	}
-	l.mu.Unlock()
 	counts := sinkCounts(t, srv.Messages())
 	for _, id := range ids {
 		switch n := counts["<"+id+".jetmail@example.com>"]; {
@@ -160,46 +117,32 @@ func publishBatch(t *testing.T, js jetstream.JetStream, prefix string, n int) []
 // flight (sent, but the result not yet stored) when the server went away.
 func TestNATSRestartMidBatchLosesNothing(t *testing.T) {
 	t.Parallel()
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	var (
-		mu  sync.Mutex
-		cur = natsserver.RunServer(&opts)
-	)
-	t.Cleanup(func() { mu.Lock(); cur.Shutdown(); mu.Unlock() })
-	opts.Port = cur.Addr().(*net.TCPAddr).Port // the same port on restart
+	nats := jstest.Start(t)
 
 	srv := smtptest.NewServer(t)
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: 20 * time.Millisecond}) // slower than publishing: the batch is mid-way when NATS goes
 	const concurrency = 8
-	b := &testBundle{srv: cur}
-	b.nc, b.js = connect(t, cur.ClientURL())
+	b := &testBundle{srv: nats.NATS()}
+	b.nc, b.js = nats.Connect(t)
 	b.startWorker(t, Config{
 		Concurrency: concurrency, AckWait: 2 * time.Second, Retry: fastRetry(8),
-		Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
+		Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
 	})
-	_, pubJS := connect(t, cur.ClientURL())
+	_, pubJS := nats.Connect(t)
 
 	const n = 300
 	ids := publishBatch(t, pubJS, "nr", n)
 	waitMessages(t, srv, n/4)
 
-	mu.Lock()
-	cur.Shutdown()
-	cur.WaitForShutdown()
-	mu.Unlock()
+	nats.Shutdown()
 	atShutdown := srv.MessageCount()
-	waitFor(t, 10*time.Second, func() bool { return !b.worker.Ready() })
+	jstest.Eventually(t, 10*time.Second, func() bool { return !b.worker.Ready() })
 
-	mu.Lock()
-	cur = natsserver.RunServer(&opts)
-	mu.Unlock()
-	waitFor(t, 30*time.Second, b.worker.Ready)
+	nats.Restart()
+	jstest.Eventually(t, 30*time.Second, b.worker.Ready)
 
-	l := storedLog(t, pubJS)
-	l.finalsAtLeast(t, n, 60*time.Second)
+	l := jstest.StoredResults(t, pubJS, "")
+	l.FinalsAtLeast(t, n, 60*time.Second)
 	waitIdle(t, pubJS)
 	if atShutdown >= n {
 		t.Fatalf("the whole batch was delivered before the server went down (%d messages): the fault did not happen mid-batch", atShutdown)
@@ -213,91 +156,7 @@ func TestNATSRestartMidBatchLosesNothing(t *testing.T) {
 	if dups > 2*concurrency {
 		t.Errorf("%d duplicates at the SMTP server, more than the %d messages the worker can hold", dups, 2*concurrency)
 	}
-	t.Logf("NATS restart after %d of %d messages: %d duplicates at the SMTP server, %d result events stored", atShutdown, n, dups, l.count)
-}
-
-// jsCluster is a JetStream cluster of three nodes on loopback.
-type jsCluster struct {
-	mu      sync.Mutex
-	servers []*server.Server
-}
-
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	ports := make([]int, n)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-	}
-	return ports
-}
-
-// startCluster starts three JetStream nodes routed to each other and
-// waits until they have elected a meta leader that sees all three.
-func startCluster(t *testing.T) *jsCluster {
-	t.Helper()
-	ports := freePorts(t, 3)
-	var routes []string
-	for _, p := range ports {
-		routes = append(routes, "nats://127.0.0.1:"+strconv.Itoa(p))
-	}
-	stores := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	c := &jsCluster{}
-	// Registered after the TempDirs, so it runs before they are removed.
-	t.Cleanup(func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for _, s := range c.servers {
-			s.Shutdown()
-			s.WaitForShutdown()
-		}
-	})
-	for i, p := range ports {
-		opts := natsserver.DefaultTestOptions
-		opts.ServerName = fmt.Sprintf("n%d", i+1)
-		opts.Port = -1
-		opts.JetStream = true
-		opts.StoreDir = stores[i]
-		opts.Cluster = server.ClusterOpts{Name: "jetmail", Host: "127.0.0.1", Port: p}
-		opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
-		s := natsserver.RunServer(&opts)
-		c.mu.Lock()
-		c.servers = append(c.servers, s)
-		c.mu.Unlock()
-	}
-	waitFor(t, 30*time.Second, func() bool {
-		for _, s := range c.servers {
-			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == 3 {
-				for _, o := range c.servers {
-					if !o.JetStreamIsCurrent() {
-						return false
-					}
-				}
-				return true
-			}
-		}
-		return false
-	})
-	return c
-}
-
-func (c *jsCluster) urls() string {
-	var u []string
-	for _, s := range c.servers {
-		u = append(u, s.ClientURL())
-	}
-	return strings.Join(u, ",")
+	t.Logf("NATS restart after %d of %d messages: %d duplicates at the SMTP server, %d result events stored", atShutdown, n, dups, l.Count())
 }
 
 // TestClusterNodeLossLosesNothing runs a worker against a three-node
@@ -316,17 +175,17 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			c := startCluster(t)
+			c := jstest.StartCluster(t)
 			srv := smtptest.NewServer(t)
 			srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: 20 * time.Millisecond}) // slower than publishing
 			const concurrency = 8
-			b := &testBundle{srv: c.servers[0]}
-			b.nc, b.js = connect(t, c.urls())
+			b := &testBundle{srv: c.Node(0)}
+			b.nc, b.js = jstest.Connect(t, c.URLs())
 			b.startWorker(t, Config{
 				Concurrency: concurrency, AckWait: 2 * time.Second, Replicas: 3, Retry: fastRetry(8),
-				Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
+				Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
 			})
-			pubNC, pubJS := connect(t, c.urls())
+			pubNC, pubJS := jstest.Connect(t, c.URLs())
 			info, err := pubJS.Stream(context.Background(), "JETMAIL_REQUESTS")
 			if err != nil {
 				t.Fatal(err)
@@ -340,28 +199,26 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 			waitMessages(t, srv, n/4)
 
 			own := b.nc.ConnectedServerName()
-			var victim *server.Server
-			for _, s := range c.servers {
-				if victim == nil && (s.Name() == own) == stopOwn {
-					victim = s
+			victim := -1
+			for i := range 3 {
+				if victim < 0 && (c.Node(i).Name() == own) == stopOwn {
+					victim = i
 				}
 			}
-			c.mu.Lock()
-			victim.Shutdown()
-			victim.WaitForShutdown()
-			c.mu.Unlock()
+			victimName := c.Node(victim).Name()
+			c.Stop(victim)
 			atStop := srv.MessageCount()
 			stopped := time.Now()
 			for _, nc := range []*nats.Conn{b.nc, pubNC} {
-				waitFor(t, 10*time.Second, func() bool { return nc.IsConnected() && nc.ConnectedServerName() != victim.Name() })
+				jstest.Eventually(t, 10*time.Second, func() bool { return nc.IsConnected() && nc.ConnectedServerName() != victimName })
 			}
 
-			l := storedLog(t, pubJS)
-			l.finalsAtLeast(t, n, 60*time.Second)
+			l := jstest.StoredResults(t, pubJS, "")
+			l.FinalsAtLeast(t, n, 60*time.Second)
 			t.Logf("all finals %v after the stop", time.Since(stopped))
 			waitIdle(t, pubJS)
 			if atStop >= n {
-				t.Fatalf("the whole batch was delivered before %s stopped", victim.Name())
+				t.Fatalf("the whole batch was delivered before %s stopped", victimName)
 			}
 			// When the node that led the consumer goes, the new leader may
 			// not know what the old one had just delivered and delivers it
@@ -372,7 +229,7 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 			if dups > 2*concurrency {
 				t.Errorf("%d duplicates at the SMTP server, more than the %d messages the worker can hold", dups, 2*concurrency)
 			}
-			t.Logf("stopped %s (worker on %s, now on %s) after %d of %d messages: %d duplicates", victim.Name(), own, b.nc.ConnectedServerName(), atStop, n, dups)
+			t.Logf("stopped %s (worker on %s, now on %s) after %d of %d messages: %d duplicates", victimName, own, b.nc.ConnectedServerName(), atStop, n, dups)
 		})
 	}
 }
@@ -384,21 +241,21 @@ func TestSeveralWorkersShareTheLoad(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: 2 * time.Millisecond}) // so no one worker finishes the batch alone
-	js := startJetStream(t)
-	cfg := Config{Concurrency: 4, Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 2}}}
+	js := jstest.Start(t).NATS()
+	cfg := Config{Concurrency: 4, Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 2}}}
 	var workers []*testBundle
 	for range 3 {
 		b := &testBundle{srv: js}
-		b.nc, b.js = connect(t, js.ClientURL())
+		b.nc, b.js = jstest.Connect(t, js.ClientURL())
 		b.startWorker(t, cfg)
 		workers = append(workers, b)
 	}
-	nc, pubJS := connect(t, js.ClientURL())
-	l := watchResults(t, nc, "mail")
+	nc, pubJS := jstest.Connect(t, js.ClientURL())
+	l := jstest.WatchResults(t, nc, "mail")
 
 	const n = 300
 	ids := publishBatch(t, pubJS, "sw", n)
-	l.finalsAtLeast(t, n, 60*time.Second)
+	l.FinalsAtLeast(t, n, 60*time.Second)
 	waitIdle(t, pubJS)
 	if srv.FaultHits() < n {
 		t.Fatalf("DATA delay fired %d times, want at least %d", srv.FaultHits(), n)
@@ -524,22 +381,22 @@ func (p *natsProxy) cutCount() int {
 // again: nothing crashed, so there is no reason for a duplicate.
 func TestNATSConnectionLostWhileStoringSent(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := jstest.Start(t).NATS()
 	proxy := startProxy(t, js.Addr().String())
 	srv := smtptest.NewServer(t)
 	b := &testBundle{srv: js}
-	b.nc, b.js = connect(t, proxy.URL())
+	b.nc, b.js = jstest.Connect(t, proxy.URL())
 	b.startWorker(t, Config{
 		// AckWait shorter than the 2s a lost publish waits before it is
 		// tried again: the worker must keep the message meanwhile.
 		Concurrency: 4, AckWait: 1500 * time.Millisecond, Retry: fastRetry(5),
-		Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com"}},
+		Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com"}},
 	})
-	_, pubJS := connect(t, js.ClientURL())
+	_, pubJS := jstest.Connect(t, js.ClientURL())
 	proxy.cutOn([]byte(`"State":"sent"`))
 	ids := publishBatch(t, pubJS, "lost", 1)
-	l := storedLog(t, pubJS)
-	l.finalsAtLeast(t, 1, 30*time.Second)
+	l := jstest.StoredResults(t, pubJS, "")
+	l.FinalsAtLeast(t, 1, 30*time.Second)
 	waitIdle(t, pubJS)
 	if proxy.cutCount() != 1 {
 		t.Fatalf("the proxy cut %d connections, want 1", proxy.cutCount())
@@ -547,9 +404,7 @@ func TestNATSConnectionLostWhileStoringSent(t *testing.T) {
 	if dups := checkExactlyOnce(t, l, srv, ids); dups != 0 {
 		t.Errorf("%d duplicates at the SMTP server", dups)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	t.Logf("events stored: %v", states(l.byID[ids[0]]))
+	t.Logf("events stored: %v", states(l.Events(ids[0])))
 }
 
 // TestOneFinalResultPerRequest: when JetStream hands one request to two
@@ -560,7 +415,7 @@ func TestNATSConnectionLostWhileStoringSent(t *testing.T) {
 func TestOneFinalResultPerRequest(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
-	l := storedLog(t, b.js)
+	l := jstest.StoredResults(t, b.js, "")
 	ctx := context.Background()
 	first := &job{id: "twice", seq: 7, attempt: 1}
 	second := &job{id: "twice", seq: 7, attempt: 2}
@@ -584,10 +439,8 @@ func TestOneFinalResultPerRequest(t *testing.T) {
 	if err := b.worker.publishResult(ctx, &job{id: "marker", seq: 1, attempt: 1}, &schema.Result{Id: "marker", State: schema.StateSent, Status: schema.Status200}); err != nil {
 		t.Fatal(err)
 	}
-	l.waitUntil(t, 10*time.Second, "the marker", func() bool { return len(l.byID["marker"]) == 1 })
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if diff := cmp.Diff([]string{"deferred/202@1", "sent/200@2", "sent/200@1"}, states(l.byID["twice"])); diff != "" {
+	l.WaitUntil(t, 10*time.Second, "the marker", func(events func(string) []schema.Result) bool { return len(events("marker")) == 1 })
+	if diff := cmp.Diff([]string{"deferred/202@1", "sent/200@2", "sent/200@1"}, states(l.Events("twice"))); diff != "" {
 		t.Errorf("stored events (-want +got):\n%s", diff)
 	}
 	if got := testutil.ToFloat64(b.worker.metrics.Results.WithLabelValues("sent", "200")); got != 3 {

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -30,7 +32,7 @@ func fastRetry(attempts int) RetryPolicy {
 // faultBundle starts a worker whose default connection is conn, with one
 // handler and one pooled session: a handler or a session that a fault left
 // stuck would then stop every later message.
-func faultBundle(t *testing.T, conn SMTPConfig, attempts int) *testBundle {
+func faultBundle(t *testing.T, conn config.SMTP, attempts int) *testBundle {
 	t.Helper()
 	if conn.From == "" {
 		conn.From = "noreply@example.com"
@@ -38,7 +40,7 @@ func faultBundle(t *testing.T, conn SMTPConfig, attempts int) *testBundle {
 	if conn.PoolSize == 0 {
 		conn.PoolSize = 1
 	}
-	return setup(t, Config{Concurrency: 1, Retry: fastRetry(attempts), Connections: map[string]SMTPConfig{"default": conn}})
+	return setup(t, Config{Concurrency: 1, Retry: fastRetry(attempts), Connections: map[string]config.SMTP{"default": conn}})
 }
 
 // mailReq is a small valid request.
@@ -68,7 +70,7 @@ func sinkCounts(t testing.TB, msgs []smtptest.Message) map[string]int {
 // wrongly retried would have shown up.
 func waitIdle(t testing.TB, js jetstream.JetStream) {
 	t.Helper()
-	waitFor(t, 20*time.Second, func() bool {
+	jstest.Eventually(t, 20*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		c, err := js.Consumer(ctx, "JETMAIL_REQUESTS", "jetmail-worker")
@@ -101,7 +103,7 @@ type faultRow struct {
 	faults []smtptest.Fault
 	// conn adjusts the connection; URL and CAFile are filled in from
 	// the server unless conn sets them.
-	conn     func(t *testing.T, srv *smtptest.Server) SMTPConfig
+	conn     func(t *testing.T, srv *smtptest.Server) config.SMTP
 	attempts int // MaxAttempts; default 5
 	want     []string
 	sink     int // copies of the message the server must hold
@@ -135,7 +137,7 @@ func TestFaultMatrix(t *testing.T) {
 			t.Errorf("the server saw %d MAIL commands: the client went on in clear", n)
 		}
 	}
-	stall := func(*testing.T, *smtptest.Server) SMTPConfig { return SMTPConfig{Timeout: 300 * time.Millisecond} }
+	stall := func(*testing.T, *smtptest.Server) config.SMTP { return config.SMTP{Timeout: 300 * time.Millisecond} }
 	rows := []faultRow{
 		// Transient replies: deferred, then delivered once the fault stops.
 		{name: "greeting 421 once", op: "hello", faults: reply("CONNECT", 421, "4.3.2", "too busy", 1),
@@ -179,8 +181,8 @@ func TestFaultMatrix(t *testing.T) {
 			want: []string{"accepted/202@1", "failed/500@1"}, fired: 1, errHas: "554"},
 
 		// Network failures.
-		{name: "connection refused", op: "dial", conn: func(t *testing.T, _ *smtptest.Server) SMTPConfig {
-			return SMTPConfig{URL: "smtp://" + closedPort(t) + "?tls=none"}
+		{name: "connection refused", op: "dial", conn: func(t *testing.T, _ *smtptest.Server) config.SMTP {
+			return config.SMTP{URL: "smtp://" + closedPort(t) + "?tls=none"}
 		}, attempts: 3,
 			want:  []string{"accepted/202@1", "deferred/202@1", "deferred/202@2", "failed/500@3"},
 			fired: -1, errHas: "connection refused"},
@@ -207,8 +209,8 @@ func TestFaultMatrix(t *testing.T) {
 
 		// TLS: never send in clear.
 		{name: "untrusted certificate, tls=required", op: "tls", opts: []smtptest.Option{smtptest.WithTLS()},
-			conn: func(_ *testing.T, srv *smtptest.Server) SMTPConfig {
-				return SMTPConfig{URL: srv.URL() + "?tls=required", CAFile: "-"}
+			conn: func(_ *testing.T, srv *smtptest.Server) config.SMTP {
+				return config.SMTP{URL: srv.URL() + "?tls=required", CAFile: "-"}
 			}, attempts: 2,
 			want:  []string{"accepted/202@1", "deferred/202@1", "failed/500@2"},
 			fired: -1, errHas: "certificate",
@@ -219,8 +221,8 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			}},
 		{name: "untrusted certificate, opportunistic", op: "tls", opts: []smtptest.Option{smtptest.WithTLS()},
-			conn: func(_ *testing.T, srv *smtptest.Server) SMTPConfig {
-				return SMTPConfig{URL: srv.URL(), CAFile: "-"}
+			conn: func(_ *testing.T, srv *smtptest.Server) config.SMTP {
+				return config.SMTP{URL: srv.URL(), CAFile: "-"}
 			}, attempts: 2,
 			want:  []string{"accepted/202@1", "deferred/202@1", "failed/500@2"},
 			fired: -1, errHas: "certificate",
@@ -231,8 +233,8 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			}},
 		{name: "untrusted certificate, smtps", op: "tls", opts: []smtptest.Option{smtptest.WithImplicitTLS()},
-			conn: func(_ *testing.T, srv *smtptest.Server) SMTPConfig {
-				return SMTPConfig{URL: srv.URL(), CAFile: "-"}
+			conn: func(_ *testing.T, srv *smtptest.Server) config.SMTP {
+				return config.SMTP{URL: srv.URL(), CAFile: "-"}
 			}, attempts: 2,
 			want:  []string{"accepted/202@1", "deferred/202@1", "failed/500@2"},
 			fired: -1, errHas: "certificate",
@@ -242,8 +244,8 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			}},
 		{name: "tls=required without STARTTLS", op: "tls",
-			conn: func(_ *testing.T, srv *smtptest.Server) SMTPConfig {
-				return SMTPConfig{URL: strings.Replace(srv.URL(), "tls=none", "tls=required", 1)}
+			conn: func(_ *testing.T, srv *smtptest.Server) config.SMTP {
+				return config.SMTP{URL: strings.Replace(srv.URL(), "tls=none", "tls=required", 1)}
 			}, attempts: 2,
 			want:  []string{"accepted/202@1", "deferred/202@1", "failed/500@2"},
 			fired: -1, errHas: "STARTTLS",
@@ -254,8 +256,8 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			}},
 		{name: "STARTTLS with CA file", opts: []smtptest.Option{smtptest.WithTLS()},
-			conn: func(_ *testing.T, srv *smtptest.Server) SMTPConfig {
-				return SMTPConfig{URL: srv.URL() + "?tls=required"}
+			conn: func(_ *testing.T, srv *smtptest.Server) config.SMTP {
+				return config.SMTP{URL: srv.URL() + "?tls=required"}
 			},
 			want: []string{"accepted/202@1", "sent/200@1"}, sink: 1, fired: -1, tls: true,
 			check: func(t *testing.T, srv *smtptest.Server) {
@@ -287,7 +289,7 @@ func runFaultRow(t *testing.T, tc faultRow, noPipelining bool) {
 	for _, f := range tc.faults {
 		srv.AddFault(f)
 	}
-	var conn SMTPConfig
+	var conn config.SMTP
 	if tc.conn != nil {
 		conn = tc.conn(t, srv)
 	}
@@ -308,7 +310,7 @@ func runFaultRow(t *testing.T, tc faultRow, noPipelining bool) {
 	b := faultBundle(t, conn, attempts)
 
 	b.publish(t, mailReq("first"), "first")
-	fin, _ := b.results.final(t, "first")
+	fin, _ := b.results.Final(t, "first")
 	if tc.fired >= 0 && srv.FaultHits() != tc.fired {
 		t.Fatalf("faults fired %d times, want %d", srv.FaultHits(), tc.fired)
 	}
@@ -317,14 +319,14 @@ func runFaultRow(t *testing.T, tc faultRow, noPipelining bool) {
 	clears := len(tc.faults) > 0 && tc.faults[0].Times > 0
 	if clears {
 		b.publish(t, mailReq("second"), "second")
-		fin2, ev2 := b.results.final(t, "second")
+		fin2, ev2 := b.results.Final(t, "second")
 		if diff := cmp.Diff([]string{"accepted/202@1", "sent/200@1"}, states(ev2)); diff != "" || fin2.Status != schema.Status200 {
 			t.Errorf("message after the fault cleared: events (-want +got):\n%s", diff)
 		}
 	}
 	waitIdle(t, b.js)
 
-	_, events := b.results.final(t, "first")
+	_, events := b.results.Final(t, "first")
 	for _, e := range events {
 		t.Logf("%s/%d@%d: %s", e.State, e.Status, e.Attempt, e.Error)
 	}
@@ -383,15 +385,15 @@ func runFaultRow(t *testing.T, tc faultRow, noPipelining bool) {
 func TestFaultDropAfterDataIsNotADuplicate(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
-	b := faultBundle(t, SMTPConfig{URL: srv.URL()}, 5)
+	b := faultBundle(t, config.SMTP{URL: srv.URL()}, 5)
 	b.publish(t, mailReq("before"), "before")
-	if fin, _ := b.results.final(t, "before"); fin.Status != schema.Status200 {
+	if fin, _ := b.results.Final(t, "before"); fin.Status != schema.Status200 {
 		t.Fatalf("first message: %+v", fin)
 	}
 	// The next command on the pooled session is the next MAIL: drop there.
 	srv.AddFault(smtptest.Fault{Cmd: "MAIL", Drop: true, Times: 1})
 	b.publish(t, mailReq("after"), "after")
-	fin, events := b.results.final(t, "after")
+	fin, events := b.results.Final(t, "after")
 	if srv.FaultHits() != 1 {
 		t.Fatalf("fault fired %d times, want 1", srv.FaultHits())
 	}
@@ -420,9 +422,9 @@ func TestFaultTimeoutAfterDataIsTheDuplicateWindow(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: time.Second, Times: 1})
-	b := faultBundle(t, SMTPConfig{URL: srv.URL(), Timeout: 300 * time.Millisecond}, 5)
+	b := faultBundle(t, config.SMTP{URL: srv.URL(), Timeout: 300 * time.Millisecond}, 5)
 	b.publish(t, mailReq("late"), "late")
-	fin, events := b.results.final(t, "late")
+	fin, events := b.results.Final(t, "late")
 	if srv.FaultHits() != 1 {
 		t.Fatalf("fault fired %d times", srv.FaultHits())
 	}
@@ -439,7 +441,7 @@ func TestFaultTimeoutAfterDataIsTheDuplicateWindow(t *testing.T) {
 	t.Logf("timeout after the end of DATA: %d copies delivered (SMTP's own duplicate window)", len(msgs))
 }
 
-// TestFaultSlowCommandsWithinTimeout: SMTPConfig.Timeout bounds each
+// TestFaultSlowCommandsWithinTimeout: config.SMTP.Timeout bounds each
 // command, not the whole transaction, so a server that is slow on every
 // command but never slower than Timeout gets the message on the first try,
 // with and without PIPELINING.
@@ -452,9 +454,9 @@ func TestFaultSlowCommandsWithinTimeout(t *testing.T) {
 			for _, cmd := range []string{"MAIL", "RCPT", "DATA-START", "DATA"} {
 				srv.AddFault(smtptest.Fault{Cmd: cmd, Delay: 150 * time.Millisecond})
 			}
-			b := faultBundle(t, SMTPConfig{URL: srv.URL(), Timeout: 400 * time.Millisecond, NoPipelining: noPipelining}, 2)
+			b := faultBundle(t, config.SMTP{URL: srv.URL(), Timeout: 400 * time.Millisecond, NoPipelining: noPipelining}, 2)
 			b.publish(t, mailReq("slow", "a@example.com", "b@example.com"), "slow")
-			fin, events := b.results.final(t, "slow")
+			fin, events := b.results.Final(t, "slow")
 			if srv.FaultHits() < 5 {
 				t.Fatalf("faults fired %d times, want at least 5", srv.FaultHits())
 			}
@@ -475,9 +477,9 @@ func TestFaultPartialRecipients(t *testing.T) {
 			t.Parallel()
 			srv := smtptest.NewServer(t)
 			srv.AddFault(smtptest.Fault{Cmd: "RCPT", Match: "gone@example.com", Code: 550, Enhanced: "5.1.1", Message: "no such user"})
-			b := faultBundle(t, SMTPConfig{URL: srv.URL(), NoPipelining: noPipelining}, 5)
+			b := faultBundle(t, config.SMTP{URL: srv.URL(), NoPipelining: noPipelining}, 5)
 			b.publish(t, mailReq("partial", "a@example.com", "gone@example.com", "b@example.com"), "partial")
-			fin, events := b.results.final(t, "partial")
+			fin, events := b.results.Final(t, "partial")
 			if srv.FaultHits() != 1 {
 				t.Fatalf("fault fired %d times, want 1", srv.FaultHits())
 			}

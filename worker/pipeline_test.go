@@ -12,6 +12,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -28,7 +30,7 @@ func smtpBundle(t *testing.T, srv *smtptest.Server, cfg Config) *testBundle {
 		conn.CAFile = srv.CAFile(t)
 	}
 	if cfg.Connections == nil {
-		cfg.Connections = map[string]SMTPConfig{}
+		cfg.Connections = map[string]config.SMTP{}
 	}
 	cfg.Connections["default"] = conn
 	return setup(t, cfg)
@@ -77,7 +79,7 @@ func TestPipelineEveryField(t *testing.T) {
 		"Attachments": []map[string]string{{"FileName": "logo.png", "ContentId": "logo", "ContentType": "image/png", "ContentTransferEncoding": "base64", "ContentData": base64.StdEncoding.EncodeToString(png)}, {"FileName": polish + ".txt", "ContentData": polish}},
 	}
 	b.publish(t, req, "all-fields")
-	fin, events := b.results.final(t, "all-fields")
+	fin, events := b.results.Final(t, "all-fields")
 	if fin.Status != schema.Status200 || fin.Attempt != 1 || fin.MessageId != "<all-fields.jetmail@example.com>" || fin.Metadata["tenant"] != "acme" {
 		t.Fatalf("final result = %+v", fin)
 	}
@@ -152,7 +154,7 @@ func TestPipelineTransientThenSent(t *testing.T) {
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Times: 2, Code: 451, Enhanced: "4.3.0", Message: "try again later"})
 	b := smtpBundle(t, srv, Config{})
 	b.publish(t, map[string]any{"Id": "flaky", "To": "a@example.com", "Subject": "s", "Body": "b"}, "flaky")
-	fin, events := b.results.final(t, "flaky")
+	fin, events := b.results.Final(t, "flaky")
 	if diff := cmp.Diff([]string{"accepted/202@1", "deferred/202@1", "deferred/202@2", "sent/200@3"}, states(events)); diff != "" {
 		t.Fatalf("events (-want +got):\n%s", diff)
 	}
@@ -190,7 +192,7 @@ func TestPipelinePermanentFailures(t *testing.T) {
 			srv.AddFault(tc.fault)
 			b := smtpBundle(t, srv, Config{})
 			b.publish(t, map[string]any{"Id": "perm", "To": "gone@example.com", "Subject": "s", "Body": "b"}, "perm")
-			fin, events := b.results.final(t, "perm")
+			fin, events := b.results.Final(t, "perm")
 			if fin.State != schema.StateFailed || fin.Status != tc.status || fin.Attempt != 1 {
 				t.Fatalf("final = %+v, want failed %d after 1 attempt", fin, tc.status)
 			}
@@ -219,11 +221,11 @@ func TestPipelinePermanentFailures(t *testing.T) {
 func TestPipelineAuthRejectedRetriedThen401(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t, smtptest.WithAuth("user", "right"))
-	cfg := Config{Connections: map[string]SMTPConfig{"default": {Password: "wrong"}}}
+	cfg := Config{Connections: map[string]config.SMTP{"default": {Password: "wrong"}}}
 	cfg.Retry = RetryPolicy{Initial: 20 * time.Millisecond, Multiplier: 1.5, MaxInterval: 50 * time.Millisecond, MaxAttempts: 3, MaxAge: time.Hour}
 	b := smtpBundle(t, srv, cfg)
 	b.publish(t, map[string]any{"Id": "auth", "To": "a@example.com", "Subject": "s", "Body": "b"}, "auth")
-	fin, events := b.results.final(t, "auth")
+	fin, events := b.results.Final(t, "auth")
 	if diff := cmp.Diff([]string{"accepted/202@1", "deferred/202@1", "deferred/202@2", "failed/401@3"}, states(events)); diff != "" {
 		t.Fatalf("events (-want +got):\n%s", diff)
 	}
@@ -244,7 +246,7 @@ func TestPipelineDropMidDataRetriedDeliveredOnce(t *testing.T) {
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Times: 1, Drop: true})
 	b := smtpBundle(t, srv, Config{})
 	b.publish(t, map[string]any{"Id": "drop", "To": "a@example.com", "Subject": "s", "Body": strings.Repeat("line of text\n", 2000)}, "drop")
-	fin, events := b.results.final(t, "drop")
+	fin, events := b.results.Final(t, "drop")
 	if fin.Status != schema.Status200 || fin.Attempt != 2 || srv.FaultHits() != 1 {
 		t.Fatalf("final %+v after fault hits %d; events %v", fin, srv.FaultHits(), states(events))
 	}
@@ -274,7 +276,7 @@ func TestPipelineInvalidRequests(t *testing.T) {
 		b.publishRaw(t, []byte(body), id)
 	}
 	for id := range cases {
-		fin, events := b.results.final(t, id)
+		fin, events := b.results.Final(t, id)
 		if fin.Status != schema.Status400 || fin.State != schema.StateFailed || len(events) != 1 || fin.Error == "" {
 			t.Errorf("%s: events %v, final %+v", id, states(events), fin)
 		}
@@ -297,11 +299,11 @@ func TestPipelineSameIDTwiceDeliveredOnce(t *testing.T) {
 	req := map[string]any{"Id": "once", "To": "a@example.com", "Subject": "s", "Body": "b"}
 	b.publish(t, req, "once") // inside the duplicate window: JetStream drops it
 	b.publish(t, req, "once")
-	b.results.final(t, "once")
+	b.results.Final(t, "once")
 	// Outside the window (simulated with another Nats-Msg-Id): the worker's
 	// own check finds the Id already sent.
 	b.publish(t, req, "once-again")
-	waitFor(t, 10*time.Second, func() bool {
+	jstest.Eventually(t, 10*time.Second, func() bool {
 		return testutil.ToFloat64(b.worker.metrics.Requests.WithLabelValues("duplicate")) == 1
 	})
 	if n := srv.MessageCount(); n != 1 {
@@ -312,12 +314,12 @@ func TestPipelineSameIDTwiceDeliveredOnce(t *testing.T) {
 func TestPipelineReusesConnections(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
-	b := smtpBundle(t, srv, Config{Concurrency: 8, Connections: map[string]SMTPConfig{"default": {PoolSize: 4}}})
+	b := smtpBundle(t, srv, Config{Concurrency: 8, Connections: map[string]config.SMTP{"default": {PoolSize: 4}}})
 	const n = 200
 	for i := range n {
 		b.publish(t, map[string]any{"Id": fmt.Sprintf("m%03d", i), "To": "a@example.com", "Subject": "s", "Body": "b"}, "")
 	}
-	b.results.finalsAtLeast(t, n, 60*time.Second)
+	b.results.FinalsAtLeast(t, n, 60*time.Second)
 	waitMessages(t, srv, n)
 	if c := srv.Connections(); c > 4 {
 		t.Fatalf("%d messages used %d SMTP connections, want at most the pool size 4", n, c)
@@ -339,10 +341,10 @@ func TestPipelineMetricsMatchWhatWasSent(t *testing.T) {
 		b.publish(t, map[string]any{"Id": fmt.Sprintf("bad%d", i), "To": "unknown@example.com", "Body": "b"}, "")
 	}
 	b.publishRaw(t, []byte(`{}`), "invalid0")
-	b.results.finalsAtLeast(t, 14, 20*time.Second)
+	b.results.FinalsAtLeast(t, 14, 20*time.Second)
 	// A result is counted once its publish is acknowledged, which may be
 	// just after subscribers see it.
-	waitFor(t, 10*time.Second, func() bool {
+	jstest.Eventually(t, 10*time.Second, func() bool {
 		return testutil.ToFloat64(b.worker.metrics.Results.WithLabelValues("failed", "404")) == 3 &&
 			testutil.ToFloat64(b.worker.metrics.Results.WithLabelValues("sent", "200")) == 10
 	})
@@ -397,10 +399,10 @@ func TestPipelineRestartMidBatchLosesNothing(t *testing.T) {
 	for i := range n {
 		b.publish(t, map[string]any{"Id": fmt.Sprintf("r%03d", i), "To": "a@example.com", "Body": "b"}, "")
 	}
-	b.results.finalsAtLeast(t, 10, 20*time.Second)
+	b.results.FinalsAtLeast(t, 10, 20*time.Second)
 	b.stop() // graceful stop mid-batch
-	b.startWorker(t, Config{Concurrency: 4, Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com"}}})
-	b.results.finalsAtLeast(t, n, 60*time.Second)
+	b.startWorker(t, Config{Concurrency: 4, Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com"}}})
+	b.results.FinalsAtLeast(t, n, 60*time.Second)
 	got := map[string]int{}
 	for _, m := range srv.Messages() {
 		msg, err := mail.ReadMessage(strings.NewReader(string(m.Data)))

@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetmail/jetmail/worker/smtptest"
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/smtpsink"
 )
 
 // TestRateLimitShared sends through one connection from many goroutines
@@ -15,12 +16,12 @@ import (
 // floor, so the test cannot flake on a slow machine).
 func TestRateLimitShared(t *testing.T) {
 	t.Parallel()
-	sink, err := smtptest.StartSink("127.0.0.1:0")
+	sink, err := smtpsink.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	tr, err := NewSMTPTransport(map[string]SMTPConfig{"default": {URL: sink.URL(), PoolSize: 4, RateLimit: 40}}, nil, nil)
+	tr, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: sink.URL(), PoolSize: 4, RateLimit: 40}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func TestRateLimitShared(t *testing.T) {
 	if sink.Messages() != 44 {
 		t.Fatalf("sink has %d messages", sink.Messages())
 	}
-	if _, err := NewSMTPTransport(map[string]SMTPConfig{"default": {URL: sink.URL(), RateLimit: -1}}, nil, nil); err == nil {
+	if _, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: sink.URL(), RateLimit: -1}}, nil, nil); err == nil {
 		t.Error("negative rate accepted")
 	}
 }

@@ -21,7 +21,8 @@ type RetryPolicy struct {
 	// Multiplier is the growth of the delay per attempt. Default 2.
 	Multiplier float64
 	// Jitter is the randomization factor: each delay is drawn from
-	// [d*(1-Jitter), d*(1+Jitter)]. Default 0.2; 0 gives exact delays.
+	// [d*(1-Jitter), d*(1+Jitter)]. DefaultRetryPolicy has 0.2; zero gives
+	// exact delays (it is not defaulted).
 	Jitter float64
 	// MaxInterval caps a single delay. Default 30m.
 	MaxInterval time.Duration
@@ -34,33 +35,67 @@ type RetryPolicy struct {
 	MaxAge time.Duration
 }
 
-// DefaultRetryPolicy is the policy of the contract's defaults: 30s, ×2, up
-// to 30m, 12 attempts, 48h.
-var DefaultRetryPolicy = RetryPolicy{
-	Initial:     30 * time.Second,
-	Multiplier:  2,
-	Jitter:      0.2,
-	MaxInterval: 30 * time.Minute,
-	MaxAttempts: 12,
-	MaxAge:      48 * time.Hour,
+// DefaultRetryPolicy returns the policy of the contract's defaults: 30s,
+// ×2 with ±20 % jitter, up to 30m, 12 attempts, 48h.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{
+		Initial:     30 * time.Second,
+		Multiplier:  2,
+		Jitter:      0.2,
+		MaxInterval: 30 * time.Minute,
+		MaxAttempts: 12,
+		MaxAge:      48 * time.Hour,
+	}
 }
 
-func (p RetryPolicy) validate() error {
-	switch {
-	case p.Initial <= 0:
-		return fmt.Errorf("retry initial interval must be positive, got %s", p.Initial)
-	case p.Multiplier < 1:
-		return fmt.Errorf("retry multiplier must be at least 1, got %g", p.Multiplier)
-	case p.Jitter < 0 || p.Jitter >= 1:
-		return fmt.Errorf("retry jitter must be in [0, 1), got %g", p.Jitter)
-	case p.MaxInterval < p.Initial:
-		return fmt.Errorf("retry max interval %s is below the initial interval %s", p.MaxInterval, p.Initial)
-	case p.MaxAttempts < 1:
-		return fmt.Errorf("max attempts must be at least 1, got %d", p.MaxAttempts)
-	case p.MaxAge <= 0:
-		return fmt.Errorf("max age must be positive, got %s", p.MaxAge)
+// withDefaults returns p with zero fields set to DefaultRetryPolicy's
+// (Jitter excepted: zero means exact delays). A MaxInterval below a
+// configured Initial is raised to it.
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	d := DefaultRetryPolicy()
+	if p.Initial == 0 {
+		p.Initial = d.Initial
 	}
-	return nil
+	if p.Multiplier == 0 {
+		p.Multiplier = d.Multiplier
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = max(d.MaxInterval, p.Initial)
+	}
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = d.MaxAttempts
+	}
+	if p.MaxAge == 0 {
+		p.MaxAge = d.MaxAge
+	}
+	return p
+}
+
+// validate returns a *FieldError for each bad field of p.
+func (p RetryPolicy) validate() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: "Retry." + field, Err: fmt.Errorf(format, args...)})
+	}
+	if p.Initial <= 0 {
+		bad("Initial", "must be positive, got %s", p.Initial)
+	}
+	if p.Multiplier < 1 {
+		bad("Multiplier", "must be at least 1, got %g", p.Multiplier)
+	}
+	if p.Jitter < 0 || p.Jitter >= 1 {
+		bad("Jitter", "must be in [0, 1), got %g", p.Jitter)
+	}
+	if p.MaxInterval < p.Initial {
+		bad("MaxInterval", "%s is below the initial interval %s", p.MaxInterval, p.Initial)
+	}
+	if p.MaxAttempts < 1 {
+		bad("MaxAttempts", "must be at least 1, got %d", p.MaxAttempts)
+	}
+	if p.MaxAge <= 0 {
+		bad("MaxAge", "must be positive, got %s", p.MaxAge)
+	}
+	return errs
 }
 
 // Delay returns how long to wait after attempt n (1-based) before the next

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -51,17 +53,17 @@ func TestSoak(t *testing.T) {
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Drop: true, Probability: 0.005})
 	srv.AddFault(smtptest.Fault{Cmd: "MAIL", Drop: true, Probability: 0.005})
 
-	js := startJetStream(t)
+	js := jstest.Start(t).NATS()
 	b := &testBundle{srv: js}
-	b.nc, b.js = connect(t, js.ClientURL())
+	b.nc, b.js = jstest.Connect(t, js.ClientURL())
 	tally := watchTally(t, b.nc)
 	b.startWorker(t, Config{
 		Concurrency: 32,
 		Retry:       RetryPolicy{Initial: 2 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxInterval: 50 * time.Millisecond, MaxAttempts: 20, MaxAge: time.Hour},
-		Connections: map[string]SMTPConfig{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 8}},
+		Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 8}},
 	})
 
-	_, pubJS := connect(t, js.ClientURL())
+	_, pubJS := jstest.Connect(t, js.ClientURL())
 	start := time.Now()
 	var pubs []jetstream.PubAckFuture
 	flush := func() {

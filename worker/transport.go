@@ -50,28 +50,28 @@ func (t *FileTransport) Dir() string { return t.dir }
 func (t *FileTransport) Send(_ context.Context, env *Envelope) (Delivery, error) {
 	tmp, err := os.CreateTemp(t.dir, ".tmp-"+env.ID+"-*")
 	if err != nil {
-		return Delivery{}, withOp("file", fmt.Errorf("create temporary file: %w", err))
+		return Delivery{}, withOp(OpFile, fmt.Errorf("create temporary file: %w", err))
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	raw, err := env.render()
 	if err != nil {
 		tmp.Close()
-		return Delivery{}, withOp("build", err)
+		return Delivery{}, withOp(OpBuild, err)
 	}
 	if _, err := tmp.Write(raw); err != nil {
 		tmp.Close()
-		return Delivery{}, withOp("file", fmt.Errorf("write %s: %w", tmp.Name(), err))
+		return Delivery{}, withOp(OpFile, fmt.Errorf("write %s: %w", tmp.Name(), err))
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return Delivery{}, withOp("file", fmt.Errorf("sync %s: %w", tmp.Name(), err))
+		return Delivery{}, withOp(OpFile, fmt.Errorf("sync %s: %w", tmp.Name(), err))
 	}
 	if err := tmp.Close(); err != nil {
-		return Delivery{}, withOp("file", err)
+		return Delivery{}, withOp(OpFile, err)
 	}
 	final := filepath.Join(t.dir, env.ID+".eml")
 	if err := os.Rename(tmp.Name(), final); err != nil {
-		return Delivery{}, withOp("file", fmt.Errorf("rename into place: %w", err))
+		return Delivery{}, withOp(OpFile, fmt.Errorf("rename into place: %w", err))
 	}
 	return Delivery{}, nil
 }

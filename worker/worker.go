@@ -15,25 +15,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/schema"
 )
 
-// Config is everything a worker needs, as data. Zero fields take the
-// documented defaults (see withDefaults); validate names each bad field.
+// Config is everything a worker needs, as data. DefaultConfig holds the
+// defaults (the command line takes its flags' defaults from it); a zero
+// field of a Config given to New takes its default, except where a field
+// says otherwise. New names each bad field.
 type Config struct {
-	// Names are the subjects, streams and consumer. A zero Prefix (or any
-	// zero name) takes the contract's default.
+	// Names are the subjects, streams and consumer. Zero names take the
+	// contract's defaults.
 	Names schema.Names
 	// Connections are the named SMTP connections; requests without a
 	// Connection use "default". Empty means the file transport: every
 	// message is written as <Id>.eml into Outbox.
-	Connections map[string]SMTPConfig
+	Connections map[string]config.SMTP
 	// Outbox is the folder of the file transport. Default "./outbox".
 	Outbox string
 	// Concurrency is the number of deliveries in flight. Default 16.
 	Concurrency int
 	// Prefetch is how many messages the client buffers ahead of the
-	// handlers. Default: Concurrency. Keep it small: a buffered message's
+	// handlers. Zero means Concurrency. Keep it small: a buffered message's
 	// AckWait runs while it waits.
 	Prefetch int
 	// Retry is the retry policy; zero fields take DefaultRetryPolicy's.
@@ -59,31 +62,50 @@ type Config struct {
 	ResultMaxAge time.Duration
 	// DeadMaxAge is how long dead letters are kept. Default 30 days.
 	DeadMaxAge time.Duration
-	// Limits bound requests; zero fields take schema.DefaultLimits.
+	// Limits bound requests; zero fields take schema.DefaultLimits'.
 	Limits schema.Limits
 	// Templates is a folder of message templates (NAME.subject.tmpl,
 	// NAME.text.tmpl, NAME.html.tmpl) that requests name with Template.
 	// Empty means none.
 	Templates string
-	// HTTPAddr is where /metrics, /healthz, /readyz and the HTTP API are
-	// served. Empty means no HTTP server (the caller may mount Handler
-	// itself).
+	// HTTPAddr is where /metrics, /healthz, /readyz and API are served.
+	// DefaultConfig has ":8080"; empty means no HTTP server (the caller
+	// may serve Handler itself).
 	HTTPAddr string
-	// APITokens are the bearer tokens of the HTTP API (POST /v1/messages,
-	// GET /v1/messages/{Id}), served by Handler. Empty means the API is
-	// open.
-	APITokens []string
-	// Gatherer serves /metrics. Default: prometheus.DefaultGatherer when
-	// the registerer given to New is the default one, else nothing is
+	// API, when set, is served by the worker's HTTP server for every path
+	// but /metrics, /healthz and /readyz: the HTTP API and the console
+	// (packages httpapi and console), which the command line builds.
+	API http.Handler
+	// Gatherer serves /metrics. Default: the registerer given to New when
+	// it is also a Gatherer (a *prometheus.Registry), else nothing is
 	// served unless it is set.
 	Gatherer prometheus.Gatherer
+}
+
+// DefaultConfig returns the configuration of the contract's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Names:           schema.DefaultNames(),
+		Outbox:          "./outbox",
+		Concurrency:     16,
+		Retry:           DefaultRetryPolicy(),
+		GracePeriod:     30 * time.Second,
+		AckWait:         60 * time.Second,
+		MaxAckPending:   100000,
+		Replicas:        1,
+		DuplicateWindow: time.Hour,
+		ResultMaxAge:    7 * 24 * time.Hour,
+		DeadMaxAge:      30 * 24 * time.Hour,
+		Limits:          schema.DefaultLimits,
+		HTTPAddr:        ":8080",
+	}
 }
 
 // LogValue lists the configuration for logs, with SMTP passwords redacted.
 func (c Config) LogValue() slog.Value {
 	conns := make([]any, 0, len(c.Connections))
 	for name, sc := range c.Connections {
-		conns = append(conns, slog.String(name, RedactURL(sc.URL)))
+		conns = append(conns, slog.String(name, config.RedactURL(sc.URL)))
 	}
 	return slog.GroupValue(
 		slog.String("prefix", c.Names.Prefix),
@@ -99,104 +121,122 @@ func (c Config) LogValue() slog.Value {
 	)
 }
 
-// withDefaults returns a copy of c with zero fields set to their defaults.
+// withDefaults returns a copy of c with zero fields set to DefaultConfig's.
 func (c Config) withDefaults() Config {
-	def := schema.DefaultNames()
-	if c.Names.Prefix == "" {
-		c.Names.Prefix = def.Prefix
+	d := DefaultConfig()
+	c.Names = c.Names.WithDefaults()
+	str := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
 	}
-	if c.Names.RequestStream == "" {
-		c.Names.RequestStream = def.RequestStream
+	num := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
 	}
-	if c.Names.ResultStream == "" {
-		c.Names.ResultStream = def.ResultStream
+	dur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
 	}
-	if c.Names.DeadStream == "" {
-		c.Names.DeadStream = def.DeadStream
-	}
-	if c.Names.Consumer == "" {
-		c.Names.Consumer = def.Consumer
-	}
-	if c.Outbox == "" {
-		c.Outbox = "./outbox"
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = 16
-	}
-	if c.Prefetch == 0 {
-		c.Prefetch = c.Concurrency
-	}
-	r, d := &c.Retry, DefaultRetryPolicy
-	if r.Initial == 0 {
-		r.Initial = d.Initial
-	}
-	if r.Multiplier == 0 {
-		r.Multiplier = d.Multiplier
-	}
-	if r.MaxInterval == 0 {
-		r.MaxInterval = max(d.MaxInterval, r.Initial)
-	}
-	if r.MaxAttempts == 0 {
-		r.MaxAttempts = d.MaxAttempts
-	}
-	if r.MaxAge == 0 {
-		r.MaxAge = d.MaxAge
-	}
-	if c.GracePeriod == 0 {
-		c.GracePeriod = 30 * time.Second
-	}
-	if c.AckWait == 0 {
-		c.AckWait = 60 * time.Second
-	}
-	if c.MaxAckPending == 0 {
-		c.MaxAckPending = 100000
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = time.Hour
-	}
-	if c.ResultMaxAge == 0 {
-		c.ResultMaxAge = 7 * 24 * time.Hour
-	}
-	if c.DeadMaxAge == 0 {
-		c.DeadMaxAge = 30 * 24 * time.Hour
-	}
+	str(&c.Outbox, d.Outbox)
+	num(&c.Concurrency, d.Concurrency)
+	num(&c.Prefetch, c.Concurrency)
+	c.Retry = c.Retry.withDefaults()
+	dur(&c.GracePeriod, d.GracePeriod)
+	dur(&c.AckWait, d.AckWait)
+	num(&c.MaxAckPending, d.MaxAckPending)
+	num(&c.Replicas, d.Replicas)
+	dur(&c.DuplicateWindow, d.DuplicateWindow)
+	dur(&c.ResultMaxAge, d.ResultMaxAge)
+	dur(&c.DeadMaxAge, d.DeadMaxAge)
 	c.Limits = c.Limits.WithDefaults()
 	return c
 }
 
-// validate returns an error naming every bad field of a defaulted config.
-func (c Config) validate() error {
+// FieldError is a bad setting of a Config, named by its field, so that the
+// command line can name the flag that sets it.
+type FieldError struct {
+	// Field is the Config field, such as "Concurrency" or "Retry.Initial".
+	Field string
+	// Err says what is wrong with it.
+	Err error
+}
+
+// Error returns "Field: what is wrong".
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns what is wrong.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Validate returns an error naming every bad field of c (after defaults),
+// each a *FieldError, joined; nil when c is usable. New calls it.
+func (c Config) Validate() error {
+	c = c.withDefaults()
 	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Err: fmt.Errorf(format, args...)})
+	}
 	if !schema.ValidToken(c.Names.Prefix) {
-		errs = append(errs, fmt.Errorf("subject prefix %q is not a single NATS token", c.Names.Prefix))
+		bad("Names.Prefix", "%q is not a single NATS token", c.Names.Prefix)
 	}
 	if c.Concurrency < 1 {
-		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", c.Concurrency))
+		bad("Concurrency", "must be at least 1, got %d", c.Concurrency)
 	}
 	if c.Prefetch < 1 {
-		errs = append(errs, fmt.Errorf("prefetch must be at least 1, got %d", c.Prefetch))
+		bad("Prefetch", "must be at least 1, got %d", c.Prefetch)
 	}
-	if err := c.Retry.validate(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.Retry.validate()...)
 	if c.GracePeriod < 0 {
-		errs = append(errs, fmt.Errorf("grace period must not be negative, got %s", c.GracePeriod))
+		bad("GracePeriod", "must not be negative, got %s", c.GracePeriod)
 	}
 	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %s", c.AckWait))
+		bad("AckWait", "must be at least 1s, got %s", c.AckWait)
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("replicas must be between 1 and 5, got %d", c.Replicas))
+		bad("Replicas", "must be between 1 and 5, got %d", c.Replicas)
 	}
-	for name := range c.Connections {
+	for _, l := range []struct {
+		field string
+		v     int
+	}{
+		{"Limits.MaxRequestBytes", c.Limits.MaxRequestBytes}, {"Limits.MaxAttachmentBytes", c.Limits.MaxAttachmentBytes},
+		{"Limits.MaxRecipients", c.Limits.MaxRecipients}, {"Limits.MaxHeaders", c.Limits.MaxHeaders},
+		{"Limits.MaxHeaderLength", c.Limits.MaxHeaderLength},
+	} {
+		if l.v < -1 {
+			bad(l.field, "must be positive, or -1 for no limit, got %d", l.v)
+		}
+	}
+	for name, sc := range c.Connections {
 		if !schema.ValidToken(name) {
-			errs = append(errs, fmt.Errorf("connection name %q is not valid", name))
+			bad("Connections", "connection name %q is not valid", name)
+			continue
+		}
+		if err := sc.Validate(); err != nil {
+			bad("Connections", "connection %q: %s", name, config.Scrub(err.Error(), sc.Password))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// streams is the JetStream topology of this configuration.
+func (c Config) streams() config.Streams {
+	return config.Streams{
+		Names:           c.Names,
+		Replicas:        c.Replicas,
+		DuplicateWindow: c.DuplicateWindow,
+		ResultMaxAge:    c.ResultMaxAge,
+		DeadMaxAge:      c.DeadMaxAge,
+		MaxRequestBytes: c.Limits.MaxRequestBytes,
+		AckWait:         c.AckWait,
+		// MaxAttempts is enforced in code; this is a backstop a few
+		// deliveries above it, so the server never stops redelivering
+		// before a final event is published.
+		MaxDeliver:    c.Retry.MaxAttempts + 3,
+		MaxAckPending: c.MaxAckPending,
+	}
 }
 
 // Worker consumes send requests from JetStream and delivers them. It owns
@@ -209,9 +249,7 @@ type Worker struct {
 	log       *slog.Logger
 	transport Transport
 	smtp      *SMTPTransport // nil with the file transport
-	senders   map[string]senderPolicy
-	api       *API // the HTTP API; nil without a JetStream
-	templates templates
+	admission *config.Admission
 	now       func() time.Time
 
 	results jetstream.Stream // for dedupe look-ups (direct get)
@@ -225,49 +263,36 @@ type Worker struct {
 // New checks cfg and returns a worker that will use js. Metrics are
 // registered on reg (nil: not registered). A nil logger discards logs.
 func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *slog.Logger) (*Worker, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
+	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	w := &Worker{cfg: cfg, js: js, log: logger, metrics: NewMetrics(reg), now: time.Now}
-	var err error
 	w.gatherer = cfg.Gatherer
 	if w.gatherer == nil {
 		if g, ok := reg.(prometheus.Gatherer); ok {
 			w.gatherer = g
 		}
 	}
-	if w.templates, err = loadTemplates(cfg.Templates); err != nil {
+	var err error
+	if w.admission, err = config.NewAdmission(cfg.Limits, cfg.Templates, cfg.Connections); err != nil {
 		return nil, err
 	}
-	w.senders = map[string]senderPolicy{}
 	if len(cfg.Connections) == 0 {
 		ft, err := NewFileTransport(cfg.Outbox)
 		if err != nil {
 			return nil, err
 		}
 		w.transport = ft
-		// The outbox is for trying jetmail out: let `jetmail send --to x`
-		// work without a sender.
-		w.senders["default"] = senderPolicy{defaultFrom: "jetmail@localhost"}
 	} else {
 		st, err := NewSMTPTransport(cfg.Connections, w.metrics, logger)
 		if err != nil {
 			return nil, err
 		}
 		w.transport, w.smtp = st, st
-		for name, c := range cfg.Connections {
-			w.senders[name] = senderPolicy{defaultFrom: c.From, allowed: c.AllowedSenders}
-		}
-	}
-	if js != nil {
-		apiCfg := APIConfig{Names: cfg.Names, Limits: cfg.Limits, Tokens: cfg.APITokens}
-		if w.api, err = newAPI(apiCfg, js, logger, w.senders, w.templates); err != nil {
-			return nil, fmt.Errorf("worker config: %w", err)
-		}
 	}
 	return w, nil
 }
@@ -280,45 +305,42 @@ func (w *Worker) Ready() bool { return w.ready.Load() && w.js.Conn().IsConnected
 // delivers until ctx ends. Then it stops pulling, returns buffered messages,
 // lets in-flight deliveries finish within GracePeriod, cancels and returns
 // the rest to the stream, closes the SMTP sessions and returns nil. It
-// returns an error only when it cannot start.
+// returns an error when it cannot start, or when its HTTP server fails
+// (after the same graceful stop).
 func (w *Worker) Run(ctx context.Context) error {
-	var httpSrv *http.Server
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	// Background work (the HTTP server, the SMTP janitor, the queue
+	// gauges) stops after the handlers, so that sessions stay open for
+	// them and the probes answer until the end.
+	bgCtx, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
+	defer func() { stopBG(); bg.Wait() }()
+
 	if w.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", w.cfg.HTTPAddr)
 		if err != nil {
 			return fmt.Errorf("http listen: %w", err)
 		}
-		httpSrv = &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = httpSrv.Serve(ln) }()
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = httpSrv.Shutdown(sctx)
-		}()
-		w.log.InfoContext(ctx, "serving http", "addr", ln.Addr().String())
+		w.serveHTTP(bgCtx, &bg, ln, stopRun)
 	}
 
-	cons, err := w.ensureStreams(ctx)
+	top, err := w.cfg.streams().Ensure(ctx, w.js)
 	if err != nil {
 		return err
 	}
+	w.results = top.Results
 	w.ready.Store(true)
 	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
 
-	// Background work stops after the handlers, so that sessions stay
-	// open for them.
-	bgCtx, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	var bg sync.WaitGroup
-	defer func() { stopBG(); bg.Wait() }()
 	if w.smtp != nil {
 		bg.Go(func() { _ = w.smtp.Run(bgCtx) })
 	}
-	bg.Go(func() { w.watchPending(bgCtx, cons) })
+	bg.Go(func() { w.watchPending(bgCtx, top.Consumer) })
 
 	// Handlers outlive ctx by up to GracePeriod.
 	hctx, cancelHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelHandlers(nil)
-
 	jobs := make(chan jetstream.Msg)
 	var handlers sync.WaitGroup
 	for range w.cfg.Concurrency {
@@ -329,7 +351,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	}
 	w.log.InfoContext(ctx, "worker started", "config", w.cfg)
-	w.pull(ctx, cons, jobs) // returns when ctx ends
+	w.pull(ctx, top.Consumer, jobs) // returns when ctx ends
 	close(jobs)
 
 	done := make(chan struct{})
@@ -342,89 +364,41 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-done
 	}
 	w.log.Info("worker stopped")
+	if cause := context.Cause(ctx); errors.Is(cause, errHTTPServer) {
+		return cause
+	}
 	return nil
 }
 
-// pull feeds jobs from the consumer until ctx ends, then drains the client
-// buffer back to the stream with Nak.
-func (w *Worker) pull(ctx context.Context, cons jetstream.Consumer, jobs chan<- jetstream.Msg) {
-	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Prefetch), jetstream.PullHeartbeat(5*time.Second))
-		if err != nil {
-			w.log.ErrorContext(ctx, "cannot pull; retrying", "error", err)
-			w.ready.Store(false)
-			select {
-			case <-ctx.Done():
-			case <-time.After(2 * time.Second):
-				if c, err := w.ensureStreams(ctx); err == nil {
-					cons = c
-					w.ready.Store(true)
-				}
-			}
-			continue
+// errHTTPServer is the cause of a Run that stopped because its HTTP server
+// failed.
+var errHTTPServer = errors.New("http server failed")
+
+// serveHTTP serves Handler on ln until ctx ends, then shuts the server down
+// within 5 s. If serving fails, it stops Run with errHTTPServer.
+func (w *Worker) serveHTTP(ctx context.Context, wg *sync.WaitGroup, ln net.Listener, stopRun context.CancelCauseFunc) {
+	srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			w.log.Error("http server failed; stopping", "error", err)
+			stopRun(fmt.Errorf("%w: %w", errHTTPServer, err))
 		}
-		stop := context.AfterFunc(ctx, it.Drain)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					break
-				}
-				if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConnectionClosed) {
-					w.log.WarnContext(ctx, "pull interrupted", "error", err)
-					continue
-				}
-				w.log.ErrorContext(ctx, "pull failed", "error", err)
-				it.Stop()
-				break
-			}
-			if ctx.Err() != nil {
-				_ = m.Nak() // drained from the buffer during shutdown
-				continue
-			}
-			select {
-			case jobs <- m:
-			case <-ctx.Done():
-				_ = m.Nak()
-			}
-		}
-		stop()
-	}
+	})
+	wg.Go(func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	w.log.Info("serving http", "addr", ln.Addr().String())
 }
 
-// watchPending refreshes the queue_pending gauge and readiness.
-func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for {
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil {
-			w.metrics.QueuePending.Set(float64(info.NumPending))
-			w.metrics.AckPending.Set(float64(info.NumAckPending))
-			w.ready.Store(true)
-		} else if ctx.Err() == nil {
-			w.ready.Store(false)
-		}
-		if w.Ready() {
-			w.metrics.Ready.Set(1)
-		} else {
-			w.metrics.Ready.Set(0)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// Handler serves /metrics, /healthz, /readyz and the HTTP API (see API).
+// Handler serves /metrics, /healthz, /readyz and, for every other path,
+// Config.API when it is set.
 func (w *Worker) Handler() http.Handler {
 	mux := http.NewServeMux()
-	if w.api != nil {
-		w.api.Register(mux)
+	if w.cfg.API != nil {
+		mux.Handle("/", w.cfg.API)
 	}
 	if w.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(w.gatherer, promhttp.HandlerOpts{}))

@@ -1,6 +1,7 @@
 // Command jetmail is the jetmail email delivery service and its client:
 // `jetmail worker` consumes send requests from NATS JetStream and delivers
-// them over SMTP; `jetmail send`, `status` and `results` talk to it.
+// them over SMTP; `jetmail send`, `status`, `results`, `cancel`, `dead`
+// and the other commands talk to it. The commands live in internal/cli.
 package main
 
 import (
@@ -8,11 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/jetmail/jetmail/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

@@ -1,0 +1,170 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/schema"
+)
+
+// ackVerb is how a message is settled with JetStream.
+type ackVerb uint8
+
+const (
+	verbSend     ackVerb = iota + 1 // nothing stops it: go on and send
+	verbAck                         // done: sent, or already sent
+	verbTerm                        // done: failed for good; never redeliver
+	verbNakDelay                    // retry after delay
+	verbNak                         // redeliver at once, elsewhere (shutdown)
+)
+
+func (v ackVerb) String() string {
+	return [...]string{"", "send", "ack", "term", "nak-delay", "nak"}[v]
+}
+
+// row names a row of the decision table. Every outcome of a delivery is
+// one row; decide_test.go has a case for each.
+type row string
+
+// The rows of the decision table, in the order decide tries them.
+const (
+	rowNoMetadata    row = "no metadata"          // not a JetStream message: Term, no event
+	rowShutdownIdle  row = "shutdown before work" // taken while stopping: Nak, no event
+	rowInvalid       row = "invalid"              // breaks the contract: 400, Term
+	rowDuplicateSent row = "already sent"         // dedupe: Ack, no event
+	rowAlreadyFinal  row = "already final"        // this delivery's final failure is stored: Term
+	rowForbidden     row = "sender not allowed"   // 403, dead letter, Term
+	rowOverAttempts  row = "over max attempts"    // delivered again after a crash: 500, dead letter, Term
+	rowSend          row = "send"                 // go on: accepted on the first attempt
+	rowShutdown      row = "shutdown during send" // the grace period ran out: Nak, no event
+	rowSent          row = "sent"                 // 250 after DATA: 200, Ack
+	rowDeferred      row = "transient, retry"     // 202 deferred, NakWithDelay
+	rowExhausted     row = "transient, exhausted" // attempts or age used up: 500/401, dead letter, Term
+	rowPermanent     row = "permanent"            // 5xx: 403/404/500, dead letter, Term
+)
+
+// allRows lists every row, for the table test to check that each has a
+// case.
+var allRows = []row{
+	rowNoMetadata, rowShutdownIdle, rowInvalid, rowDuplicateSent, rowAlreadyFinal, rowForbidden,
+	rowOverAttempts, rowSend, rowShutdown, rowSent, rowDeferred, rowExhausted, rowPermanent,
+}
+
+// lastEvent is what dedupe found: the latest stored event of the Id.
+type lastEvent struct {
+	state schema.State
+	// sameRequest says it is about this very request message (the same
+	// stream sequence), not an earlier publish of the Id.
+	sameRequest bool
+}
+
+// facts are what handle learned about one delivery of one request. Before
+// the message is sent, attempted is false and decide says whether to send
+// (verbSend); after it, attempted is true and decide says how it ended.
+type facts struct {
+	base      schema.Result // Id, Attempt, Metadata, MessageId for every event
+	attempt   int
+	firstSeen time.Time
+	now       time.Time
+
+	noMetadata bool
+	shutdown   bool       // the worker's grace period ran out (or it stopped before starting)
+	invalid    error      // a *schema.ValidationError or *config.SenderNotAllowedError
+	last       *lastEvent // nil: no event stored yet
+
+	attempted bool
+	delivery  Delivery
+	failure   *DeliveryError // nil: sent
+}
+
+// decision is the effect of one delivery: the event to publish (if any),
+// whether to copy the request to the dead-letter stream, and how to settle
+// the message. decide computes it; settle carries it out.
+type decision struct {
+	row   row
+	event *schema.Result
+	dead  bool
+	verb  ackVerb
+	delay time.Duration
+	// outcome is the requests_total label this delivery adds, if any.
+	outcome string
+}
+
+// decide is the decision table of a delivery: every outcome is one row,
+// tried in this order. It is a pure function of the facts and the retry
+// policy.
+//
+//	row                   event                           dead  verb       requests_total
+//	no metadata           —                               —     Term       —
+//	shutdown before work  —                               —     Nak        —
+//	invalid               failed 400 (+Fields)            —     Term       invalid
+//	already sent          —                               —     Ack        duplicate
+//	already final         —                               —     Term       duplicate
+//	sender not allowed    failed 403                      yes   Term       invalid
+//	over max attempts     failed 500                      yes   Term       —
+//	send                  accepted 202 on attempt 1       —     (send)     accepted on attempt 1
+//	shutdown during send  —                               —     Nak        —
+//	sent                  sent 200 (+Recipients)          —     Ack        —
+//	transient, retry      deferred 202, NextAttemptAt     —     NakDelay   —
+//	transient, exhausted  failed 500 (401 for auth)       yes   Term       —
+//	permanent             failed 403/404/500              yes   Term       —
+func decide(f facts, p RetryPolicy) decision {
+	ev := f.base
+	ev.Time = f.now
+	fail := func(r row, status schema.Status, msg string, dead bool, outcome string) decision {
+		ev.State, ev.Status, ev.Error = schema.StateFailed, status, msg
+		return decision{row: r, event: &ev, dead: dead, verb: verbTerm, outcome: outcome}
+	}
+	var notAllowed *config.SenderNotAllowedError
+	forbidden := errors.As(f.invalid, &notAllowed)
+	switch {
+	case f.noMetadata:
+		return decision{row: rowNoMetadata, verb: verbTerm}
+	case f.shutdown && !f.attempted:
+		return decision{row: rowShutdownIdle, verb: verbNak}
+	case f.invalid != nil && !forbidden:
+		d := fail(rowInvalid, schema.Status400, f.invalid.Error(), false, "invalid")
+		var ve *schema.ValidationError
+		if errors.As(f.invalid, &ve) {
+			d.event.Fields = ve.Fields
+		}
+		return d
+	case f.last != nil && f.last.state == schema.StateSent:
+		return decision{row: rowDuplicateSent, verb: verbAck, outcome: "duplicate"}
+	case f.last != nil && f.last.state == schema.StateFailed && f.last.sameRequest:
+		return decision{row: rowAlreadyFinal, verb: verbTerm, outcome: "duplicate"}
+	case forbidden:
+		return fail(rowForbidden, schema.Status403, f.invalid.Error(), true, "invalid")
+	case !f.attempted && f.attempt > p.MaxAttempts:
+		// Deliveries beyond MaxAttempts happen when a worker died holding
+		// the message; do not start another attempt.
+		return fail(rowOverAttempts, schema.Status500,
+			fmt.Sprintf("delivered %d times, more than the %d attempts allowed", f.attempt, p.MaxAttempts), true, "")
+	case !f.attempted:
+		d := decision{row: rowSend, verb: verbSend}
+		if f.attempt == 1 {
+			ev.State, ev.Status = schema.StateAccepted, schema.Status202
+			d.event, d.outcome = &ev, "accepted"
+		}
+		return d
+	case f.shutdown:
+		return decision{row: rowShutdown, verb: verbNak}
+	case f.failure == nil:
+		ev.State, ev.Status, ev.Smtp, ev.Recipients = schema.StateSent, schema.Status200, f.delivery.Reply, f.delivery.Rejected
+		return decision{row: rowSent, event: &ev, verb: verbAck}
+	}
+	de := f.failure
+	ev.Smtp, ev.Recipients = de.Reply, de.Recipients
+	if de.Class == Transient {
+		if next, ok := p.Next(f.attempt, f.firstSeen, f.now); ok {
+			ev.State, ev.Status, ev.Error = schema.StateDeferred, schema.Status202, de.Error()
+			ev.NextAttemptAt = &next
+			return decision{row: rowDeferred, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
+		}
+		return fail(rowExhausted, de.Status, fmt.Sprintf("gave up after %d attempts over %s: %s",
+			f.attempt, f.now.Sub(f.firstSeen).Round(time.Second), de.Error()), true, "")
+	}
+	return fail(rowPermanent, de.Status, de.Error(), true, "")
+}

@@ -1,0 +1,143 @@
+package worker
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/schema"
+)
+
+// TestDecide is the decision table of a delivery (decide.go): one case per
+// row at least, each checking the row, the event, the dead letter, the ack
+// verb and the requests_total outcome. Every row of allRows must have a
+// case, so a row added to decide without a case here fails.
+func TestDecide(t *testing.T) {
+	t.Parallel()
+	p := RetryPolicy{Initial: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxAttempts: 3, MaxAge: 24 * time.Hour}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0.Add(time.Second)
+	transient := Classify(withOp(OpRcpt, reply(451, "4.3.0 later")))
+	auth := Classify(withOp(OpAuth, reply(535, "5.7.8 no")))
+	permanent := Classify(withOp(OpRcpt, reply(550, "5.1.1 unknown")))
+	invalid := &schema.ValidationError{Fields: []schema.FieldError{{Field: "To[0]", Message: "not a valid email address"}}}
+	forbidden := &config.SenderNotAllowedError{From: "evil@example.org", Connection: "default"}
+	sent := Delivery{Reply: &schema.SMTPReply{Code: 250, Message: "queued"}}
+
+	// base returns the facts of attempt n, first seen at t0; mod changes
+	// them.
+	base := func(n int, mod func(*facts)) facts {
+		f := facts{base: schema.Result{Id: "x", Attempt: n}, attempt: n, firstSeen: t0, now: now}
+		mod(&f)
+		return f
+	}
+	type want struct {
+		row     row
+		state   schema.State // "" for no event
+		status  schema.Status
+		dead    bool
+		verb    ackVerb
+		outcome string
+	}
+	tests := []struct {
+		name string
+		f    facts
+		want want
+	}{
+		{"a message without JetStream metadata", facts{noMetadata: true},
+			want{row: rowNoMetadata, verb: verbTerm}},
+		{"taken while the worker stops", base(1, func(f *facts) { f.shutdown = true }),
+			want{row: rowShutdownIdle, verb: verbNak}},
+		{"invalid request", base(1, func(f *facts) { f.invalid = invalid }),
+			want{rowInvalid, schema.StateFailed, 400, false, verbTerm, "invalid"}},
+		{"invalid wins over a stored sent event", base(2, func(f *facts) {
+			f.invalid = invalid
+			f.last = &lastEvent{state: schema.StateSent}
+		}), want{rowInvalid, schema.StateFailed, 400, false, verbTerm, "invalid"}},
+		{"already sent", base(2, func(f *facts) { f.last = &lastEvent{state: schema.StateSent} }),
+			want{row: rowDuplicateSent, verb: verbAck, outcome: "duplicate"}},
+		{"already sent, sender now not allowed: still a duplicate", base(2, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateSent}
+			f.invalid = forbidden
+		}), want{row: rowDuplicateSent, verb: verbAck, outcome: "duplicate"}},
+		{"final failure of this request already stored", base(4, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateFailed, sameRequest: true}
+		}), want{row: rowAlreadyFinal, verb: verbTerm, outcome: "duplicate"}},
+		{"an earlier publish failed: send again", base(1, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateFailed}
+		}), want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
+		{"sender not allowed", base(1, func(f *facts) { f.invalid = forbidden }),
+			want{rowForbidden, schema.StateFailed, 403, true, verbTerm, "invalid"}},
+		{"delivered more often than MaxAttempts", base(4, func(*facts) {}),
+			want{rowOverAttempts, schema.StateFailed, 500, true, verbTerm, ""}},
+		{"first attempt: accepted", base(1, func(*facts) {}),
+			want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
+		{"a retry: no second accepted", base(2, func(*facts) {}),
+			want{row: rowSend, verb: verbSend}},
+		{"grace period ran out during the send", base(1, func(f *facts) {
+			f.attempted, f.shutdown, f.failure = true, true, transient
+		}), want{row: rowShutdown, verb: verbNak}},
+		{"sent", base(1, func(f *facts) { f.attempted, f.delivery = true, sent }),
+			want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"sent on the last attempt", base(3, func(f *facts) { f.attempted, f.delivery = true, sent }),
+			want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"transient, attempts left", base(1, func(f *facts) { f.attempted, f.failure = true, transient }),
+			want{rowDeferred, schema.StateDeferred, 202, false, verbNakDelay, ""}},
+		{"auth, attempts left", base(2, func(f *facts) { f.attempted, f.failure = true, auth }),
+			want{rowDeferred, schema.StateDeferred, 202, false, verbNakDelay, ""}},
+		{"transient, last attempt", base(3, func(f *facts) { f.attempted, f.failure = true, transient }),
+			want{rowExhausted, schema.StateFailed, 500, true, verbTerm, ""}},
+		{"auth, last attempt", base(3, func(f *facts) { f.attempted, f.failure = true, auth }),
+			want{rowExhausted, schema.StateFailed, 401, true, verbTerm, ""}},
+		{"transient, too old", base(1, func(f *facts) {
+			f.attempted, f.failure = true, transient
+			f.now = t0.Add(24*time.Hour - 30*time.Second)
+		}), want{rowExhausted, schema.StateFailed, 500, true, verbTerm, ""}},
+		{"permanent", base(1, func(f *facts) { f.attempted, f.failure = true, permanent }),
+			want{rowPermanent, schema.StateFailed, 404, true, verbTerm, ""}},
+	}
+	covered := map[row]bool{}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decide(tc.f, p)
+			got := want{row: d.row, dead: d.dead, verb: d.verb, outcome: d.outcome}
+			if d.event != nil {
+				got.state, got.status = d.event.State, d.event.Status
+				if d.event.Id != "x" || !d.event.Time.Equal(now) && tc.f.now.Equal(now) {
+					t.Errorf("event %+v lacks the base fields or the time", d.event)
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("decision %+v\n want %+v", got, tc.want)
+			}
+			switch d.row {
+			case rowDeferred:
+				if d.event.NextAttemptAt == nil || d.delay != d.event.NextAttemptAt.Sub(tc.f.now) || d.delay <= 0 {
+					t.Errorf("deferred without a consistent NextAttemptAt: delay %s, event %+v", d.delay, d.event)
+				}
+			case rowInvalid:
+				if len(d.event.Fields) != 1 || d.event.Error == "" {
+					t.Errorf("invalid event without its fields and error: %+v", d.event)
+				}
+			case rowSent:
+				if d.event.Smtp == nil || d.event.Smtp.Code != 250 {
+					t.Errorf("sent event without the server's reply: %+v", d.event)
+				}
+			case rowPermanent, rowExhausted:
+				if d.event.Smtp == nil || d.event.Error == "" {
+					t.Errorf("failed event without its reply and reason: %+v", d.event)
+				}
+			}
+		})
+		covered[decide(tc.f, p).row] = true
+	}
+	for _, r := range allRows {
+		if !covered[r] {
+			t.Errorf("row %q has no case", r)
+		}
+	}
+	if len(allRows) != len(slices.Compact(slices.Sorted(slices.Values(allRows)))) {
+		t.Error("allRows lists a row twice")
+	}
+}

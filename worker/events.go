@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetmail/jetmail/schema"
+)
+
+// headerRequestSeq is set on result events to the stream sequence of the
+// request they are about, so that a redelivery of a request whose final
+// result is already stored can be told from a new publish of the same Id.
+const headerRequestSeq = "Jetmail-Request-Seq"
+
+// resultMsg is the NATS message of a result event. Its Nats-Msg-Id makes a
+// republish after a crash a no-op within the result stream's window.
+func (w *Worker) resultMsg(j *job, ev *schema.Result) (*nats.Msg, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode result: %w", err)
+	}
+	m := nats.NewMsg(w.cfg.Names.ResultSubject(j.id))
+	m.Data = data
+	msgID := fmt.Sprintf("%s.%s.%d.%d", j.id, ev.State, j.seq, j.attempt)
+	if ev.Final() {
+		// One final result per request (stream sequence), whatever the
+		// attempt: when JetStream hands a request to two handlers at once
+		// (a consumer leader failing over), the second final event is
+		// dropped instead of changing a status that was already final.
+		msgID = fmt.Sprintf("%s.final.%d", j.id, j.seq)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, msgID)
+	m.Header.Set(headerRequestSeq, strconv.FormatUint(j.seq, 10))
+	return m, nil
+}
+
+// publishResult stores ev and waits for JetStream's acknowledgement.
+func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) error {
+	m, err := w.resultMsg(j, ev)
+	if err != nil {
+		return err
+	}
+	ack, err := w.publishDurable(ctx, m)
+	if err != nil {
+		return fmt.Errorf("publish %s result: %w", ev.State, err)
+	}
+	if !ack.Duplicate {
+		w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
+	}
+	return nil
+}
+
+// publishDurable stores m and waits for JetStream's acknowledgement, for up
+// to 30s (progress acks keep the request meanwhile). A try that gets no
+// answer within 5s is made again: the request may have been lost with a
+// connection to a node that went away, or sent while a stream leader was
+// being elected, and giving up would leave a sent message to be redelivered
+// and sent again. m carries a Nats-Msg-Id, so JetStream stores it once
+// however many times it arrives; a subscriber may see the event twice. The
+// try timeout is well above a loaded server's acknowledgement time (fsync
+// per write included), so that this is rare.
+func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
+		ack, err := w.js.PublishMsg(tctx, m)
+		tcancel()
+		if err == nil {
+			return ack, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// publishAsync starts storing ev without waiting; settle awaits it.
+func (w *Worker) publishAsync(ctx context.Context, j *job, ev *schema.Result) jetstream.PubAckFuture {
+	m, err := w.resultMsg(j, ev)
+	if err != nil {
+		w.log.ErrorContext(ctx, "cannot encode result", "error", err)
+		return nil
+	}
+	f, err := w.js.PublishMsgAsync(m)
+	if err != nil {
+		w.log.WarnContext(ctx, "cannot publish result", "id", j.id, "state", ev.State, "error", err)
+		return nil
+	}
+	w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
+	return f
+}
+
+// publishDead copies the request with its final result to mail.dead.<Id>.
+func (w *Worker) publishDead(ctx context.Context, j *job, final *schema.Result) error {
+	dl := schema.DeadLetter{Request: json.RawMessage(j.data), Subject: j.msg.Subject(), Result: *final}
+	if !json.Valid(j.data) {
+		dl.Request = nil
+	}
+	data, err := json.Marshal(dl)
+	if err != nil {
+		return fmt.Errorf("encode dead letter: %w", err)
+	}
+	m := nats.NewMsg(w.cfg.Names.DeadSubject(j.id))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.dead.%d", j.id, j.seq))
+	if _, err := w.publishDurable(ctx, m); err != nil {
+		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	w.metrics.DeadLetters.Inc()
+	return nil
+}
