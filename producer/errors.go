@@ -27,6 +27,11 @@ var ErrNoStream = errors.New("producer: no JetStream stream")
 // have expired from the result stream. Test for it with errors.Is.
 var ErrNotFound = errors.New("producer: no result")
 
+// ErrMalformed is wrapped by the error yielded for a stored event or dead
+// letter that does not decode; iteration goes on after it. Test for it with
+// errors.Is.
+var ErrMalformed = errors.New("producer: malformed")
+
 // ErrInvalidID is wrapped by the errors of Status and Wait for an Id that
 // does not match [A-Za-z0-9_-]{1,128}, and so can have no result. Test for
 // it with errors.Is.

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
-	"github.com/nats-io/nats-server/v2/server"
-	natsserver "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -25,12 +25,13 @@ type testBundle struct {
 	names    schema.Names
 }
 
-// setup starts a JetStream server, creates the streams as a worker would
-// (for the prefix of opts' names) and returns a Producer made with opts.
+// setup starts a JetStream server, creates the streams as a worker does
+// (for the prefix of names) and returns a Producer made with opts.
 func setup(t *testing.T, names schema.Names, opts ...producer.Option) *testBundle {
 	t.Helper()
 	js := startJetStream(t)
-	requests, results, err := createStreams(t.Context(), js, names)
+	top := jstest.EnsureStreams(t, js, names)
+	requests, err := js.Stream(t.Context(), names.WithDefaults().RequestStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,65 +39,15 @@ func setup(t *testing.T, names schema.Names, opts ...producer.Option) *testBundl
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testBundle{js: js, p: p, requests: requests, results: results, names: names}
+	return &testBundle{js: js, p: p, requests: requests, results: top.Results, names: names}
 }
 
-// startJetStream runs an in-process JetStream server on a port chosen by
-// the OS and returns a JetStream context connected to it. Both are cleaned
-// up when the test ends.
+// startJetStream runs an in-process JetStream server and returns a
+// JetStream context connected to it.
 func startJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	s := natsserver.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	js, nc, err := connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, js := jstest.Start(t).Connect(t)
 	return js
-}
-
-func connect(s *server.Server) (jetstream.JetStream, *nats.Conn, error) {
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, err
-	}
-	return js, nc, nil
-}
-
-// createStreams creates the request and result streams with the settings
-// that workers give them (contract §1).
-func createStreams(ctx context.Context, js jetstream.JetStream, names schema.Names) (requests, results jetstream.Stream, err error) {
-	requests, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       names.RequestStream,
-		Subjects:   names.SendSubjects(),
-		Retention:  jetstream.WorkQueuePolicy,
-		Storage:    jetstream.FileStorage,
-		Duplicates: time.Hour,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	results, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:      names.ResultStream,
-		Subjects:  []string{names.ResultSubjects()},
-		Retention: jetstream.LimitsPolicy,
-		Storage:   jetstream.FileStorage,
-		MaxAge:    7 * 24 * time.Hour,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return requests, results, nil
 }
 
 // runJetStream is startJetStream for examples, which have no *testing.T.
@@ -104,26 +55,23 @@ func createStreams(ctx context.Context, js jetstream.JetStream, names schema.Nam
 // `jetmail worker` leaves it), and returns its URL and a function that
 // shuts it down.
 func runJetStream(withStreams bool) (url string, stop func()) {
-	dir, err := os.MkdirTemp("", "jetmail-example-")
-	if err != nil {
-		panic(err)
-	}
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = dir
-	s := natsserver.RunServer(&opts)
+	dir := jstest.TempDir()
+	s := jstest.Run(dir)
 	stop = func() {
 		s.Shutdown()
 		os.RemoveAll(dir)
 	}
 	if withStreams {
-		js, nc, err := connect(s)
+		nc, err := nats.Connect(s.ClientURL())
 		if err != nil {
 			panic(err)
 		}
 		defer nc.Close()
-		if _, _, err := createStreams(context.Background(), js, schema.DefaultNames()); err != nil {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			panic(err)
+		}
+		if _, err := (config.Streams{}).Ensure(context.Background(), js); err != nil {
 			panic(err)
 		}
 	}

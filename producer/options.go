@@ -16,13 +16,14 @@ type Option func(*options) error
 type options struct {
 	prefix       string
 	resultStream string
+	deadStream   string
 	idFunc       func() string
 	limits       schema.Limits
 }
 
 func defaultOptions() options {
 	n := schema.DefaultNames()
-	return options{prefix: n.Prefix, resultStream: n.ResultStream, idFunc: nuid.Next, limits: schema.DefaultLimits}
+	return options{prefix: n.Prefix, resultStream: n.ResultStream, deadStream: n.DeadStream, idFunc: nuid.Next, limits: schema.DefaultLimits}
 }
 
 // WithSubjectPrefix sets the first token of every subject the producer
@@ -46,12 +47,30 @@ func WithSubjectPrefix(p string) Option {
 // whitespace or path separators).
 func WithResultStream(name string) Option {
 	return func(o *options) error {
-		if name == "" || strings.ContainsAny(name, ".*> \t\r\n/\\") {
+		if !validStreamName(name) {
 			return fmt.Errorf("%w: result stream name %q is not a valid stream name", ErrInvalidOption, name)
 		}
 		o.resultStream = name
 		return nil
 	}
+}
+
+// WithDeadStream sets the name of the JetStream stream that holds the dead
+// letters, read by DeadLetters and Replay. The default is "JETMAIL_DEAD".
+// It must be a valid stream name.
+func WithDeadStream(name string) Option {
+	return func(o *options) error {
+		if !validStreamName(name) {
+			return fmt.Errorf("%w: dead-letter stream name %q is not a valid stream name", ErrInvalidOption, name)
+		}
+		o.deadStream = name
+		return nil
+	}
+}
+
+// validStreamName reports whether name can name a JetStream stream.
+func validStreamName(name string) bool {
+	return name != "" && !strings.ContainsAny(name, ".*> \t\r\n/\\")
 }
 
 // WithIDFunc sets the function that generates the Id of a request that has

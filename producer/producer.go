@@ -47,7 +47,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Producer, error) {
 		return nil, fmt.Errorf("%w: Id function returned %q, which does not match [A-Za-z0-9_-]{1,128}", ErrInvalidOption, id)
 	}
 	names := schema.DefaultNames().WithPrefix(o.prefix)
-	names.ResultStream = o.resultStream
+	names.ResultStream, names.DeadStream = o.resultStream, o.deadStream
 	return &Producer{js: js, names: names, idFunc: o.idFunc, limits: o.limits}, nil
 }
 

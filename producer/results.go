@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"time"
 
 	"github.com/jetmail/jetmail/schema"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,14 +25,14 @@ func (p *Producer) Status(ctx context.Context, id string) (*schema.Result, error
 	}
 	s, err := p.js.Stream(ctx, p.names.ResultStream)
 	if err != nil {
-		return nil, p.streamError("status of "+id, err)
+		return nil, p.streamError(p.names.ResultStream, "status of "+id, err)
 	}
 	m, err := s.GetLastMsgForSubject(ctx, p.names.ResultSubject(id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("%w for %s", ErrNotFound, id)
 	}
 	if err != nil {
-		return nil, p.streamError("status of "+id, err)
+		return nil, p.streamError(p.names.ResultStream, "status of "+id, err)
 	}
 	res, err := decodeResult(m.Data)
 	if err != nil {
@@ -75,9 +74,9 @@ func (p *Producer) Wait(ctx context.Context, id string) (*schema.Result, error) 
 		if ctx.Err() != nil {
 			return nil, waitError(ctx, id, "")
 		}
-		return nil, p.streamError("waiting for "+id, err)
+		return nil, p.streamError(p.names.ResultStream, "waiting for "+id, err)
 	}
-	defer p.deleteConsumer(ctx, cons)
+	defer p.deleteConsumer(ctx, p.names.ResultStream, cons)
 	it, err := cons.Messages(jetstream.PullMaxMessages(16))
 	if err != nil {
 		return nil, fmt.Errorf("producer: waiting for %s: %w", id, err)
@@ -133,95 +132,24 @@ func waitError(ctx context.Context, id string, last schema.State) error {
 // cancelled it on purpose may ignore.
 func (p *Producer) Results(ctx context.Context, follow bool) iter.Seq2[*schema.Result, error] {
 	return func(yield func(*schema.Result, error) bool) {
-		const op = "reading results"
-		var lastSeq uint64
-		if !follow {
-			s, err := p.js.Stream(ctx, p.names.ResultStream)
-			if err != nil {
-				yield(nil, p.streamError(op, err))
-				return
-			}
-			info := s.CachedInfo()
-			if info.State.Msgs == 0 {
-				return
-			}
-			lastSeq = info.State.LastSeq
-		}
-		cons, err := p.js.OrderedConsumer(ctx, p.names.ResultStream, jetstream.OrderedConsumerConfig{
+		cfg := jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{p.names.ResultSubjects()},
 			DeliverPolicy:  jetstream.DeliverAllPolicy,
-		})
-		if err != nil {
-			yield(nil, p.streamError(op, err))
-			return
 		}
-		defer p.deleteConsumer(ctx, cons)
-		if !follow {
-			// No event at all on the result subjects, though the stream
-			// has messages: there is nothing to wait for.
-			if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-				return
-			}
-		}
-		it, err := cons.Messages()
-		if err != nil {
-			yield(nil, fmt.Errorf("producer: %s: %w", op, err))
-			return
-		}
-		defer it.Stop()
-		for {
-			msg, err := it.Next(jetstream.NextContext(ctx))
+		for msg, err := range p.readStream(ctx, p.names.ResultStream, cfg, follow, "reading results") {
 			if err != nil {
-				if ctx.Err() != nil {
-					err = ctx.Err()
-				}
-				yield(nil, fmt.Errorf("producer: %s: %w", op, err))
+				yield(nil, err)
 				return
-			}
-			md, err := msg.Metadata()
-			if err != nil {
-				yield(nil, fmt.Errorf("producer: %s: %w", op, err))
-				return
-			}
-			if !follow && md.Sequence.Stream > lastSeq {
-				return // stored after iteration began
 			}
 			res, err := decodeResult(msg.Data())
 			if err != nil {
-				err = fmt.Errorf("producer: result event %d on %s: %w", md.Sequence.Stream, msg.Subject(), err)
+				err = fmt.Errorf("%w result event %s on %s: %w", ErrMalformed, seqOf(msg), msg.Subject(), err)
 			}
 			if !yield(res, err) {
 				return
 			}
-			// Caught up: the last event at the start, or the last one there
-			// is now (when later ones expired before they could be read).
-			if !follow && (md.Sequence.Stream >= lastSeq || md.NumPending == 0) {
-				return
-			}
 		}
 	}
-}
-
-// streamError adds op to an error from reading the result stream, and
-// turns a missing stream into ErrNoStream.
-func (p *Producer) streamError(op string, err error) error {
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return &noStreamError{what: p.names.ResultStream, cause: err}
-	}
-	return fmt.Errorf("producer: %s: %w", op, err)
-}
-
-// deleteConsumer removes an ordered consumer from the server at once, rather
-// than leaving it until its inactivity threshold (5 minutes). Failing to is
-// harmless: the server would delete it then.
-func (p *Producer) deleteConsumer(ctx context.Context, cons jetstream.Consumer) {
-	info := cons.CachedInfo()
-	if info == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	_ = p.js.DeleteConsumer(ctx, p.names.ResultStream, info.Name)
 }
 
 func checkID(id string) error {
