@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode"
 
 	"github.com/google/go-cmp/cmp"
@@ -573,14 +574,19 @@ func goResult(data []byte) (*schema.Result, error) {
 
 // statusOf maps each state to the statuses it may carry (contract §3).
 var statusOf = map[schema.State][]schema.Status{
-	schema.StateAccepted: {schema.Status202},
-	schema.StateDeferred: {schema.Status202},
-	schema.StateSent:     {schema.Status200},
-	schema.StateFailed:   {schema.Status400, schema.Status401, schema.Status403, schema.Status404, schema.Status500},
+	schema.StateScheduled: {schema.Status202},
+	schema.StateAccepted:  {schema.Status202},
+	schema.StateDeferred:  {schema.Status202},
+	schema.StateSent:      {schema.Status200},
+	schema.StateFailed:    {schema.Status400, schema.Status401, schema.Status403, schema.Status404, schema.Status500},
+	schema.StateCancelled: {schema.Status410},
 }
 
 var resultStatuses = []schema.Status{schema.Status200, schema.Status202, schema.Status400, schema.Status401,
-	schema.Status403, schema.Status404, schema.Status500}
+	schema.Status403, schema.Status404, schema.Status410, schema.Status500}
+
+// suppressionReasons are the reasons of the suppression list (contract §9).
+var suppressionReasons = []string{"bounce", "unsubscribe", "manual"}
 
 func checkResult(r *schema.Result) error {
 	var errs []error
@@ -599,12 +605,36 @@ func checkResult(r *schema.Result) error {
 	if r.State == schema.StateDeferred && r.NextAttemptAt == nil {
 		errs = append(errs, errors.New("deferred without NextAttemptAt"))
 	}
+	if r.State == schema.StateScheduled && r.SendAt == nil {
+		errs = append(errs, errors.New("scheduled without SendAt"))
+	}
+	if r.State == schema.StateScheduled && r.Envelope == nil {
+		errs = append(errs, errors.New("scheduled without Envelope"))
+	}
+	if r.Envelope != nil && r.State != schema.StateAccepted && r.State != schema.StateScheduled {
+		errs = append(errs, fmt.Errorf("Envelope on a %s event", r.State))
+	}
+	if e := r.Envelope; e != nil && (e.From == "" || len(e.Recipients) == 0 || slices.Contains(e.Recipients, "")) {
+		errs = append(errs, fmt.Errorf("Envelope %+v", *e))
+	}
+	if r.Lane != "" && !slices.Contains([]schema.Lane{schema.LaneUrgent, schema.LaneNormal, schema.LaneBulk}, r.Lane) {
+		errs = append(errs, fmt.Errorf("Lane %q", r.Lane))
+	}
+	if r.BatchId != "" && !schema.ValidID(r.BatchId) {
+		errs = append(errs, fmt.Errorf("BatchId %q is not valid", r.BatchId))
+	}
 	if r.Smtp != nil && (r.Smtp.Code < 200 || r.Smtp.Code > 599) {
 		errs = append(errs, fmt.Errorf("Smtp.Code %d", r.Smtp.Code))
 	}
 	for i, rr := range r.Recipients {
 		if rr.Address == "" || !slices.Contains(resultStatuses, rr.Status) {
 			errs = append(errs, fmt.Errorf("Recipients[%d] = %+v", i, rr))
+		}
+		if rr.Suppressed && (rr.Status != schema.Status403 || !slices.Contains(suppressionReasons, rr.Reason)) {
+			errs = append(errs, fmt.Errorf("suppressed Recipients[%d] = %+v", i, rr))
+		}
+		if !rr.Suppressed && rr.Reason != "" {
+			errs = append(errs, fmt.Errorf("Recipients[%d] has a Reason but is not suppressed: %+v", i, rr))
 		}
 	}
 	return errors.Join(errs...)
@@ -625,6 +655,8 @@ func TestExamplesAgree(t *testing.T) {
 		"examples/result-failed-404.json", "examples/result-failed-400.json",
 		"examples/invalid/no-recipient.json", "examples/invalid/bad-base64.json",
 		"examples/invalid/crlf-subject.json", "examples/invalid/bad-address.json",
+		"examples/result-accepted-v2.json", "examples/result-scheduled.json",
+		"examples/result-cancelled.json", "examples/result-deferred-partial.json", "examples/result-failed-403-suppressed.json",
 	} {
 		if !slices.Contains(files, name) {
 			t.Errorf("example %s is missing", name)
@@ -709,6 +741,10 @@ var invalidWhy = map[string]struct{ goErr, schemaAt string }{
 	"result-deferred-without-next-attempt.json": {"deferred without NextAttemptAt", ""},
 	"result-sent-with-status-500.json":          {`Status 500 with State "sent"`, "/Status"},
 	"result-unknown-key.json":                   {`unknown field "Retries"`, ""},
+	"result-scheduled-without-sendat.json":      {"scheduled without SendAt", ""},
+	"result-cancelled-with-status-200.json":     {`Status 200 with State "cancelled"`, "/Status"},
+	"result-envelope-on-sent.json":              {"Envelope on a sent event", "/State"},
+	"result-suppressed-without-reason.json":     {"suppressed Recipients[0]", "/Recipients/0"},
 }
 
 // schemaLocations lists the instance locations (JSON pointers) of the
@@ -835,6 +871,7 @@ func TestSchemaCoversStructs(t *testing.T) {
 		{"Result", reflect.TypeFor[schema.Result](), res, false},
 		{"SMTPReply", reflect.TypeFor[schema.SMTPReply](), at(res, "$defs", "smtpReply"), false},
 		{"RecipientResult", reflect.TypeFor[schema.RecipientResult](), at(res, "$defs", "recipient"), false},
+		{"Envelope", reflect.TypeFor[schema.Envelope](), at(res, "$defs", "envelope"), false},
 		{"FieldError", reflect.TypeFor[schema.FieldError](), at(res, "$defs", "fieldError"), false},
 	}
 	for _, tt := range tests {
@@ -884,6 +921,73 @@ func TestSchemaCoversStructs(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, enum); diff != "" {
 		t.Errorf("status enum (-go +schema):\n%s", diff)
+	}
+	// The states of the schema are those of statusOf, and so are the
+	// lanes and reasons.
+	var states []string
+	for st := range statusOf {
+		states = append(states, string(st))
+	}
+	slices.Sort(states)
+	if diff := cmp.Diff(states, strs(at(res, "properties", "State")["enum"])); diff != "" {
+		t.Errorf("state enum (-go +schema):\n%s", diff)
+	}
+	lanes := []string{string(schema.LaneBulk), string(schema.LaneNormal), string(schema.LaneUrgent)}
+	if diff := cmp.Diff(lanes, strs(at(res, "properties", "Lane")["enum"])); diff != "" {
+		t.Errorf("lane enum (-go +schema):\n%s", diff)
+	}
+	if diff := cmp.Diff(slices.Sorted(slices.Values(suppressionReasons)), strs(at(res, "$defs", "recipient", "properties", "Reason")["enum"])); diff != "" {
+		t.Errorf("reason enum (-go +schema):\n%s", diff)
+	}
+}
+
+// TestResultJSON checks that the v2 fields are omitted when empty, so that
+// an event without them is encoded as before, and spelled as in the
+// contract when set.
+func TestResultJSON(t *testing.T) {
+	at := time.Date(2026, 11, 26, 18, 41, 22, 0, time.UTC)
+	v1 := schema.Result{Id: "a", Status: schema.Status202, State: schema.StateAccepted, Attempt: 1, Time: at,
+		Recipients: []schema.RecipientResult{{Address: "a@x.com", Status: schema.Status200}}}
+	got, err := json.Marshal(v1)
+	want := `{"Id":"a","Status":202,"State":"accepted","Attempt":1,"Recipients":[{"Address":"a@x.com","Status":200}],"Time":"2026-11-26T18:41:22Z"}`
+	if err != nil || string(got) != want {
+		t.Errorf("Marshal = %s, %v; want %s", got, err, want)
+	}
+	v2 := v1
+	v2.State, v2.Lane, v2.BatchId, v2.SendAt, v2.Uncertain = schema.StateScheduled, schema.LaneBulk, "b-1", &at, true
+	v2.Envelope = &schema.Envelope{From: "s@x.com", Recipients: []string{"a@x.com", "bcc@x.com"}, Subject: ""}
+	v2.Recipients = []schema.RecipientResult{{Address: "a@x.com", Status: schema.Status403, Suppressed: true, Reason: "manual"}}
+	got, err = json.Marshal(v2)
+	want = `{"Id":"a","Status":202,"State":"scheduled","Attempt":1,` +
+		`"Recipients":[{"Address":"a@x.com","Status":403,"Suppressed":true,"Reason":"manual"}],` +
+		`"Lane":"bulk","BatchId":"b-1","SendAt":"2026-11-26T18:41:22Z",` +
+		`"Envelope":{"From":"s@x.com","Recipients":["a@x.com","bcc@x.com"],"Subject":""},"Uncertain":true,` +
+		`"Time":"2026-11-26T18:41:22Z"}`
+	if err != nil || string(got) != want {
+		t.Errorf("Marshal = %s, %v; want %s", got, err, want)
+	}
+	if _, err := goResult(got); err != nil {
+		t.Errorf("the v2 event is not consistent: %v", err)
+	}
+	if err := validateSchema(schemas(t).result, got); err != nil {
+		t.Errorf("the JSON Schema rejects the v2 event: %v", err)
+	}
+}
+
+func TestStateFinal(t *testing.T) {
+	for st, want := range map[schema.State]bool{
+		schema.StateScheduled: false, schema.StateAccepted: false, schema.StateDeferred: false,
+		schema.StateSent: true, schema.StateFailed: true, schema.StateCancelled: true, "": false, "sending": false,
+	} {
+		if got := st.Final(); got != want {
+			t.Errorf("State(%q).Final() = %v, want %v", st, got, want)
+		}
+		if got := (&schema.Result{State: st}).Final(); got != want {
+			t.Errorf("Result{State: %q}.Final() = %v, want %v", st, got, want)
+		}
+	}
+	if schema.StateScheduled != "scheduled" || schema.StateCancelled != "cancelled" || schema.Status410 != 410 {
+		t.Error("the v2 states and status are spelled as in the contract")
 	}
 }
 
