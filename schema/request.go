@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -63,6 +64,24 @@ type Request struct {
 	Template string `json:"Template,omitempty"`
 	// TemplateData is the data a Template is executed with.
 	TemplateData map[string]any `json:"TemplateData,omitempty"`
+
+	// Priority is the lane the request asks for: urgent, normal or bulk.
+	// The jetmail send command, the HTTP API and package producer publish
+	// the request on that lane's subject (see Names.LaneSubject); a worker
+	// delivers a request in the lane of the subject it arrived on. Empty
+	// means the lane of the subject the request is published on.
+	Priority Lane `json:"Priority,omitempty"`
+	// SendAt, when set, is the time before which the message is not sent.
+	// In JSON it is an RFC 3339 time with an offset ("Z" or ±hh:mm). A time
+	// in the past means now; one more than Limits.MaxSchedule ahead makes
+	// the request invalid. Nil means now.
+	SendAt *time.Time `json:"SendAt,omitempty"`
+	// BatchId groups requests for cancellation, search and the console,
+	// [A-Za-z0-9_-]{1,128}. Empty means none.
+	BatchId string `json:"BatchId,omitempty"`
+	// IgnoreSuppression sends to every recipient, even those on the
+	// suppression list, for mail a person must get (a password reset).
+	IgnoreSuppression Bool `json:"IgnoreSuppression,omitempty"`
 }
 
 // Attachment is a file attached to a request.

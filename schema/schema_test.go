@@ -119,7 +119,8 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		name: "null values are absent",
 		payload: `{"To": "a@example.com", "CC": null, "Bcc": null, "From": null, "Subject": null, "Body": null,
 			"IsHtml": null, "Importance": null, "Attachments": null, "Id": null, "ReplyTo": null,
-			"TextBody": null, "Headers": null, "Connection": null, "Metadata": null}`,
+			"TextBody": null, "Headers": null, "Connection": null, "Metadata": null,
+			"Priority": null, "SendAt": null, "BatchId": null, "IgnoreSuppression": null}`,
 		want: &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name:    "null entries in Headers and Metadata are empty strings",
@@ -132,7 +133,7 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name:    "unknown keys are ignored",
-		payload: `{"To": "a@example.com", "Priority": 3, "Sensitivity": {"x": [1]}, "Attachment": 5}`,
+		payload: `{"To": "a@example.com", "Categories": 3, "Sensitivity": {"x": [1]}, "Attachment": 5}`,
 		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name: "attachments in any case, base64 with line breaks",
@@ -155,6 +156,34 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		name:    "a key spelled twice: then the first in byte order",
 		payload: `{"tO": "mixed@example.com", "TO": "shout@example.com"}`,
 		want:    &schema.Request{To: schema.AddressList{"shout@example.com"}},
+	}, {
+		name: "v2 keys in any case",
+		payload: `{"to": "a@example.com", "PRIORITY": "Urgent", "sendat": "2026-12-01T09:00:00+01:00",
+			"batchID": "spring-2026", "ignoresuppression": "TRUE"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: schema.LaneUrgent,
+			SendAt: ptr(time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)), BatchId: "spring-2026", IgnoreSuppression: true},
+	}, {
+		name:    "Priority lanes are normalised to lower case",
+		payload: `{"To": "a@example.com", "Priority": "BULK"}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: schema.LaneBulk},
+	}, {
+		name:    "Priority empty is none",
+		payload: `{"To": "a@example.com", "Priority": "", "BatchId": ""}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
+	}, {
+		name:    "SendAt in UTC with a fraction",
+		payload: `{"To": "a@example.com", "SendAt": "2026-11-30T23:59:59.25Z"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			SendAt: ptr(time.Date(2026, 11, 30, 23, 59, 59, 250_000_000, time.UTC))},
+	}, {
+		name:    "SendAt in the past is valid",
+		payload: `{"To": "a@example.com", "SendAt": "2000-01-01T00:00:00-05:30"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			SendAt: ptr(time.Date(2000, 1, 1, 5, 30, 0, 0, time.UTC))},
+	}, {
+		name:    "IgnoreSuppression false",
+		payload: `{"To": "a@example.com", "IgnoreSuppression": false}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -171,6 +200,8 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestAttachmentContent(t *testing.T) {
 	tests := []struct {
@@ -423,6 +454,25 @@ func TestRequestErrors(t *testing.T) {
 				{Field: "Attachments[2].ContentId", Message: "must not contain angle brackets or spaces"},
 				{Field: "Attachments[2].ContentType", Message: `not a valid media type: "text/plain; charset"`},
 			}},
+		// v2 keys.
+		{"v2 keys of the wrong types, in contract order",
+			`{"To": "a@example.com", "IgnoreSuppression": "yes", "BatchId": 7, "SendAt": 5, "Priority": 1}`,
+			[]fe{
+				{Field: "Priority", Message: `want "urgent", "normal" or "bulk"`},
+				{Field: "SendAt", Message: "want an RFC 3339 time with an offset, such as 2026-12-01T09:00:00+01:00"},
+				{Field: "BatchId", Message: "want a string, got number"},
+				{Field: "IgnoreSuppression", Message: `want true or false, got "yes"`},
+			}},
+		{"bad Priority", `{"To": "a@example.com", "Priority": "high"}`,
+			[]fe{{Field: "Priority", Message: `want urgent, normal or bulk, got "high"`}}},
+		{"Priority with spaces", `{"To": "a@example.com", "Priority": " bulk"}`,
+			[]fe{{Field: "Priority", Message: `want urgent, normal or bulk, got " bulk"`}}},
+		{"bad BatchId", `{"To": "a@example.com", "BatchId": "spring 2026"}`,
+			[]fe{{Field: "BatchId", Message: "must match [A-Za-z0-9_-]{1,128}"}}},
+		{"BatchId too long", `{"To": "a@example.com", "BatchId": "` + strings.Repeat("b", 129) + `"}`,
+			[]fe{{Field: "BatchId", Message: "must match [A-Za-z0-9_-]{1,128}"}}},
+		{"SendAt more than 30 days ahead", `{"To": "a@example.com", "SendAt": "9999-12-31T23:59:59+01:00"}`,
+			[]fe{{Field: "SendAt", Message: "9999-12-31T23:59:59+01:00 is more than 720h0m0s ahead (the schedule limit)"}}},
 		{"many errors at once", `{"Id": "a b", "To": "jan.example.com", "From": "x", "Subject": "a\nb",
 			"Importance": "urgent", "Headers": {"Bcc": "v@example.org", "X-A": "\n"},
 			"Attachments": [{"FileName": "", "ContentData": "@@@", "ContentTransferEncoding": "base64"}]}`,
@@ -655,8 +705,9 @@ func TestExamplesAgree(t *testing.T) {
 		"examples/result-failed-404.json", "examples/result-failed-400.json",
 		"examples/invalid/no-recipient.json", "examples/invalid/bad-base64.json",
 		"examples/invalid/crlf-subject.json", "examples/invalid/bad-address.json",
-		"examples/result-accepted-v2.json", "examples/result-scheduled.json",
+		"examples/request-v2.json", "examples/result-accepted-v2.json", "examples/result-scheduled.json",
 		"examples/result-cancelled.json", "examples/result-deferred-partial.json", "examples/result-failed-403-suppressed.json",
+		"examples/invalid/sendat-without-offset.json", "examples/invalid/bad-priority.json",
 	} {
 		if !slices.Contains(files, name) {
 			t.Errorf("example %s is missing", name)
@@ -741,6 +792,8 @@ var invalidWhy = map[string]struct{ goErr, schemaAt string }{
 	"result-deferred-without-next-attempt.json": {"deferred without NextAttemptAt", ""},
 	"result-sent-with-status-500.json":          {`Status 500 with State "sent"`, "/Status"},
 	"result-unknown-key.json":                   {`unknown field "Retries"`, ""},
+	"sendat-without-offset.json":                {"SendAt: want an RFC 3339 time with an offset", "/SendAt"},
+	"bad-priority.json":                         {`Priority: want urgent, normal or bulk, got "high"`, "/Priority"},
 	"result-scheduled-without-sendat.json":      {"scheduled without SendAt", ""},
 	"result-cancelled-with-status-200.json":     {`Status 200 with State "cancelled"`, "/Status"},
 	"result-envelope-on-sent.json":              {"Envelope on a sent event", "/State"},

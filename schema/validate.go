@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -8,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -56,8 +58,8 @@ func (e *ValidationError) TooLarge() bool {
 	return slices.ContainsFunc(e.Fields, func(f FieldError) bool { return f.TooLarge })
 }
 
-// Limits bounds what a request may ask for. A zero field means the default
-// in DefaultLimits; a negative one means no limit.
+// Limits bounds what a request may ask for. A zero field means its default
+// (see WithDefaults); a negative one means no limit.
 type Limits struct {
 	// MaxRequestBytes is the largest payload accepted. Default 8 MiB.
 	// Validate can not see the payload; whoever reads it (worker, HTTP API)
@@ -74,7 +76,13 @@ type Limits struct {
 	// MaxHeaderLength is the longest extra header value and subject, in
 	// bytes. Default 4096.
 	MaxHeaderLength int
+	// MaxSchedule is how far ahead of now SendAt may be. Default
+	// DefaultMaxSchedule (30 days).
+	MaxSchedule time.Duration
 }
+
+// DefaultMaxSchedule is the default of Limits.MaxSchedule: 30 days.
+const DefaultMaxSchedule = 720 * time.Hour
 
 // DefaultLimits are the limits a worker applies when configured with none.
 var DefaultLimits = Limits{
@@ -85,7 +93,8 @@ var DefaultLimits = Limits{
 	MaxHeaderLength:    4096,
 }
 
-// WithDefaults returns l with each zero field replaced by its default.
+// WithDefaults returns l with each zero field replaced by its default: that
+// of DefaultLimits, and DefaultMaxSchedule for MaxSchedule.
 func (l Limits) WithDefaults() Limits {
 	def := func(v, d int) int {
 		if v == 0 {
@@ -99,6 +108,7 @@ func (l Limits) WithDefaults() Limits {
 		MaxRecipients:      def(l.MaxRecipients, DefaultLimits.MaxRecipients),
 		MaxHeaders:         def(l.MaxHeaders, DefaultLimits.MaxHeaders),
 		MaxHeaderLength:    def(l.MaxHeaderLength, DefaultLimits.MaxHeaderLength),
+		MaxSchedule:        cmp.Or(l.MaxSchedule, DefaultMaxSchedule),
 	}
 }
 
@@ -184,12 +194,18 @@ func validHeaderName(name string) bool {
 }
 
 // Validate checks r against every rule of the contract with DefaultLimits
-// and returns a *ValidationError listing all broken rules, or nil.
+// at the current time and returns a *ValidationError listing all broken
+// rules, or nil.
 func (r *Request) Validate() error { return r.ValidateLimits(DefaultLimits) }
 
 // ValidateLimits is Validate with the given limits (zero fields take their
-// defaults).
-func (r *Request) ValidateLimits(lim Limits) error {
+// defaults): ValidateAt(lim, time.Now()).
+func (r *Request) ValidateLimits(lim Limits) error { return r.ValidateAt(lim, time.Now()) }
+
+// ValidateAt is ValidateLimits at the time now, against which SendAt is
+// checked: a SendAt more than lim.MaxSchedule after now is invalid, one
+// before now is valid (it means now).
+func (r *Request) ValidateAt(lim Limits, now time.Time) error {
 	lim = lim.WithDefaults()
 	var errs []FieldError
 	add := func(field, format string, args ...any) {
@@ -247,6 +263,15 @@ func (r *Request) ValidateLimits(lim Limits) error {
 	text("Connection", r.Connection, true)
 	if r.Template != "" && !templateName.MatchString(r.Template) {
 		add("Template", "must match [A-Za-z0-9_-]{1,64}")
+	}
+	if !r.Priority.Valid() {
+		add("Priority", "want urgent, normal or bulk, got %q", string(r.Priority))
+	}
+	if r.SendAt != nil && lim.MaxSchedule >= 0 && r.SendAt.Sub(now) > lim.MaxSchedule {
+		add("SendAt", "%s is more than %v ahead (the schedule limit)", r.SendAt.Format(time.RFC3339Nano), lim.MaxSchedule)
+	}
+	if r.BatchId != "" && !ValidID(r.BatchId) {
+		add("BatchId", "must match [A-Za-z0-9_-]{1,128}")
 	}
 
 	if over(len(r.Headers), lim.MaxHeaders) {
