@@ -104,6 +104,7 @@ func Decode(data []byte) (*Request, error) {
 	d.value("Priority", &r.Priority)
 	r.SendAt = d.timeValue("SendAt")
 	d.value("BatchId", &r.BatchId)
+	d.value("Unsubscribe", &r.Unsubscribe)
 	d.value("IgnoreSuppression", &r.IgnoreSuppression)
 	if len(d.errs) > 0 {
 		return nil, &ValidationError{Fields: d.errs}

@@ -17,9 +17,10 @@
 // agreement: on the payloads under examples/ (valid ones pass both, those
 // under examples/invalid/ fail both), and on generated and fuzzed payloads,
 // where the schema accepts whatever Go accepts and rejects the rest but for
-// the rules it leaves to Go: the full syntax of addresses and of media type
-// parameters, the size limits of Limits, and the schedule limit of SendAt,
-// which counts from the time of validation.
+// the rules it leaves to Go: the full syntax of addresses, of media type
+// parameters and of the Unsubscribe URL (as net/url parses it), the size
+// limits of Limits, and the schedule limit of SendAt, which counts from the
+// time of validation.
 //
 // The package imports nothing but the standard library, so producers in Go can
 // use it without pulling in NATS or SMTP code.

@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,133 @@ func TestLimitsWithDefaults(t *testing.T) {
 	want.MaxSchedule = schema.DefaultMaxSchedule
 	if diff := cmp.Diff(want, schema.Limits{}.WithDefaults()); diff != "" {
 		t.Errorf("Limits{}.WithDefaults() (-want +got):\n%s", diff)
+	}
+}
+
+func TestUnsubscribeJSON(t *testing.T) {
+	for in, want := range map[string]schema.Unsubscribe{
+		`true`:                      {OneClick: true},
+		` true `:                    {OneClick: true},
+		`false`:                     {},
+		`null`:                      {},
+		`"https://example.com/u/1"`: {URL: "https://example.com/u/1"},
+		`"mailto:u@example.com"`:    {URL: "mailto:u@example.com"},
+		`"\u0068ttps://x.com"`:      {URL: "https://x.com"},
+		`"not a URL"`:               {URL: "not a URL"}, // Validate reports it
+		`"true"`:                    {URL: "true"},      // a string is a URL, and this one is not valid
+	} {
+		u := schema.Unsubscribe{URL: "before", OneClick: true}
+		if err := json.Unmarshal([]byte(in), &u); err != nil || u != want {
+			t.Errorf("Unmarshal(%s) = %+v, %v; want %+v", in, u, err, want)
+		}
+	}
+	for _, in := range []string{`""`, `1`, `[]`, `{}`, `["https://x.com"]`} {
+		var u schema.Unsubscribe
+		if err := json.Unmarshal([]byte(in), &u); err == nil {
+			t.Errorf("Unmarshal(%s) = %+v, want an error", in, u)
+		}
+	}
+	for _, tt := range []struct {
+		u    schema.Unsubscribe
+		want string
+	}{
+		{schema.Unsubscribe{OneClick: true}, `true`},
+		{schema.Unsubscribe{URL: "https://example.com/u?a=1&b=2"}, `"https://example.com/u?a=1\u0026b=2"`},
+		{schema.Unsubscribe{}, `false`},
+	} {
+		if got, err := json.Marshal(tt.u); err != nil || string(got) != tt.want {
+			t.Errorf("Marshal(%+v) = %s, %v; want %s", tt.u, got, err, tt.want)
+		}
+	}
+	if got, err := json.Marshal(schema.Unsubscribe{OneClick: true, URL: "https://x.com"}); err == nil {
+		t.Errorf("Marshal with OneClick and URL = %s, want an error", got)
+	}
+	// The zero value is omitted from a request, the others are not.
+	for u, want := range map[schema.Unsubscribe]string{
+		{}:                            `{"To":["a@x.com"]}`,
+		{OneClick: true}:              `{"To":["a@x.com"],"Unsubscribe":true}`,
+		{URL: "mailto:u@example.com"}: `{"To":["a@x.com"],"Unsubscribe":"mailto:u@example.com"}`,
+	} {
+		if u.IsZero() != (u == schema.Unsubscribe{}) {
+			t.Errorf("%+v.IsZero() = %v", u, u.IsZero())
+		}
+		got, err := json.Marshal(&schema.Request{To: schema.AddressList{"a@x.com"}, Unsubscribe: u})
+		if err != nil || string(got) != want {
+			t.Errorf("Marshal(Request with %+v) = %s, %v; want %s", u, got, err, want)
+		}
+	}
+	for u, want := range map[schema.Unsubscribe]bool{
+		{URL: "https://example.com/u"}: true, {URL: "HTTPS://example.com/u"}: true, {URL: "hTtPs:x"}: true,
+		{URL: "mailto:u@example.com"}: false, {URL: "http://example.com/u"}: false, {URL: "https"}: false,
+		{URL: ""}: false, {OneClick: true}: false, {URL: "httpſ://example.com"}: false,
+	} {
+		if got := u.HTTPS(); got != want {
+			t.Errorf("%+v.HTTPS() = %v, want %v", u, got, want)
+		}
+	}
+}
+
+// TestUnsubscribeURL checks the URLs Unsubscribe takes: https: with a host
+// or mailto:, of RFC 3986 characters, that net/url parses.
+func TestUnsubscribeURL(t *testing.T) {
+	for _, u := range []string{
+		"https://example.com", "https://example.com/u/42", "HTTPS://EXAMPLE.COM/u?id=42&list=news#x",
+		"https://user:pass@example.com:8443/u", "https://[2001:db8::1]/u", "https://192.0.2.1/u",
+		"https://a@b@example.com/u", "https://example.com:/u", "https://example.com/%E2%82%AC?x=%20",
+		"https://example.com/u;a=1,b=2!$'()*+~", "mailto:u@example.com", "MailTo:u@example.com?subject=unsubscribe%2042",
+		"mailto:?to=u@example.com", "mailto:x",
+		"https://example.com/" + strings.Repeat("x", 4096-len("https://example.com/")),
+	} {
+		r := &schema.Request{To: schema.AddressList{"a@example.com"}, Unsubscribe: schema.Unsubscribe{URL: u}}
+		if err := r.Validate(); err != nil {
+			t.Errorf("Unsubscribe %q: %v", u, err)
+		}
+	}
+	type fe = schema.FieldError
+	scheme := func(u string) []fe {
+		return []fe{{Field: "Unsubscribe", Message: "want an https: or mailto: URL, got " + strconv.Quote(u)}}
+	}
+	chars := func(u string) []fe {
+		return []fe{{Field: "Unsubscribe", Message: "want an https: or mailto: URL of RFC 3986 characters (percent-encode others), got " + strconv.Quote(u)}}
+	}
+	parse := func(u string) []fe {
+		return []fe{{Field: "Unsubscribe", Message: "not a valid URL: " + strconv.Quote(u)}}
+	}
+	long := "https://example.com/" + strings.Repeat("x", 4097-len("https://example.com/"))
+	for u, want := range map[string][]fe{
+		"http://example.com/u": scheme("http://example.com/u"), "ftp://example.com": scheme("ftp://example.com"),
+		"example.com/u": scheme("example.com/u"), "//example.com/u": scheme("//example.com/u"),
+		"https:example.com": scheme("https:example.com"), "https:/example.com": scheme("https:/example.com"),
+		"https://": scheme("https://"), "https:///u": scheme("https:///u"), "https://?x": scheme("https://?x"),
+		"https://:443/u": scheme("https://:443/u"), "https://u@/x": scheme("https://u@/x"), "https://a@b@:1": scheme("https://a@b@:1"),
+		"mailto:": scheme("mailto:"), "mailto": scheme("mailto"), "https": scheme("https"),
+		"https://example.com/a b": chars("https://example.com/a b"), "https://example.com/<a>": chars("https://example.com/<a>"),
+		"https://example.com/\"": chars("https://example.com/\""), "https://example.com/ż": chars("https://example.com/ż"),
+		"https://example.com/%zz": chars("https://example.com/%zz"), "mailto:%zz": chars("mailto:%zz"), "https://example.com/%4": chars("https://example.com/%4"),
+		"https://example.com/{x}": chars("https://example.com/{x}"), "https://example.com/a|b": chars("https://example.com/a|b"),
+		"https://example.com/\x00": chars("https://example.com/\x00"), "httpſ://example.com": chars("httpſ://example.com"),
+		"https://example.com/\r\nBcc: victim@example.org": {{Field: "Unsubscribe", Message: "must not contain CR or LF"}},
+		"https://example.com:abc/":                        parse("https://example.com:abc/"), "https://[::1/": parse("https://[::1/"),
+		"https://exa%41mple.com": parse("https://exa%41mple.com"), "https://[]/u": parse("https://[]/u"),
+		long: {{Field: "Unsubscribe", Message: "4097 bytes, more than the limit of 4096", TooLarge: true}},
+	} {
+		r := &schema.Request{To: schema.AddressList{"a@example.com"}, Unsubscribe: schema.Unsubscribe{URL: u}}
+		if diff := cmp.Diff(want, fieldErrors(t, r.Validate())); diff != "" {
+			t.Errorf("Unsubscribe %q (-want +got):\n%s", u, diff)
+		}
+	}
+	r := &schema.Request{To: schema.AddressList{"a@example.com"}, Unsubscribe: schema.Unsubscribe{OneClick: true, URL: "https://example.com/u"}}
+	want := []fe{{Field: "Unsubscribe", Message: "set either true or a URL, not both"}}
+	if diff := cmp.Diff(want, fieldErrors(t, r.Validate())); diff != "" {
+		t.Errorf("Unsubscribe with OneClick and URL (-want +got):\n%s", diff)
+	}
+	// The limit is MaxHeaderLength.
+	r = &schema.Request{To: schema.AddressList{"a@example.com"}, Unsubscribe: schema.Unsubscribe{URL: "https://x.y"}}
+	if err := r.ValidateLimits(schema.Limits{MaxHeaderLength: 11}); err != nil {
+		t.Errorf("11 bytes against a limit of 11: %v", err)
+	}
+	err := r.ValidateLimits(schema.Limits{MaxHeaderLength: 10})
+	if diff := cmp.Diff([]fe{{Field: "Unsubscribe", Message: "11 bytes, more than the limit of 10", TooLarge: true}}, fieldErrors(t, err)); diff != "" {
+		t.Errorf("11 bytes against a limit of 10 (-want +got):\n%s", diff)
 	}
 }

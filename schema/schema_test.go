@@ -120,7 +120,7 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		payload: `{"To": "a@example.com", "CC": null, "Bcc": null, "From": null, "Subject": null, "Body": null,
 			"IsHtml": null, "Importance": null, "Attachments": null, "Id": null, "ReplyTo": null,
 			"TextBody": null, "Headers": null, "Connection": null, "Metadata": null,
-			"Priority": null, "SendAt": null, "BatchId": null, "IgnoreSuppression": null}`,
+			"Priority": null, "SendAt": null, "BatchId": null, "Unsubscribe": null, "IgnoreSuppression": null}`,
 		want: &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name:    "null entries in Headers and Metadata are empty strings",
@@ -159,9 +159,10 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 	}, {
 		name: "v2 keys in any case",
 		payload: `{"to": "a@example.com", "PRIORITY": "Urgent", "sendat": "2026-12-01T09:00:00+01:00",
-			"batchID": "spring-2026", "ignoresuppression": "TRUE"}`,
+			"batchID": "spring-2026", "UNSUBSCRIBE": true, "ignoresuppression": "TRUE"}`,
 		want: &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: schema.LaneUrgent,
-			SendAt: ptr(time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)), BatchId: "spring-2026", IgnoreSuppression: true},
+			SendAt: ptr(time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)), BatchId: "spring-2026",
+			Unsubscribe: schema.Unsubscribe{OneClick: true}, IgnoreSuppression: true},
 	}, {
 		name:    "Priority lanes are normalised to lower case",
 		payload: `{"To": "a@example.com", "Priority": "BULK"}`,
@@ -180,6 +181,16 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		payload: `{"To": "a@example.com", "SendAt": "2000-01-01T00:00:00-05:30"}`,
 		want: &schema.Request{To: schema.AddressList{"a@example.com"},
 			SendAt: ptr(time.Date(2000, 1, 1, 5, 30, 0, 0, time.UTC))},
+	}, {
+		name:    "Unsubscribe URL",
+		payload: `{"To": "a@example.com", "Unsubscribe": "https://example.com/u?id=42&list=news"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			Unsubscribe: schema.Unsubscribe{URL: "https://example.com/u?id=42&list=news"}},
+	}, {
+		name:    "Unsubscribe false is none, and List-Unsubscribe may be in Headers",
+		payload: `{"To": "a@example.com", "Unsubscribe": false, "Headers": {"List-Unsubscribe": "<mailto:u@example.com>"}}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			Headers: map[string]string{"List-Unsubscribe": "<mailto:u@example.com>"}},
 	}, {
 		name:    "IgnoreSuppression false",
 		payload: `{"To": "a@example.com", "IgnoreSuppression": false}`,
@@ -456,13 +467,18 @@ func TestRequestErrors(t *testing.T) {
 			}},
 		// v2 keys.
 		{"v2 keys of the wrong types, in contract order",
-			`{"To": "a@example.com", "IgnoreSuppression": "yes", "BatchId": 7, "SendAt": 5, "Priority": 1}`,
+			`{"To": "a@example.com", "IgnoreSuppression": "yes", "Unsubscribe": 5, "BatchId": 7, "SendAt": 5, "Priority": 1}`,
 			[]fe{
 				{Field: "Priority", Message: `want "urgent", "normal" or "bulk"`},
 				{Field: "SendAt", Message: "want an RFC 3339 time with an offset, such as 2026-12-01T09:00:00+01:00"},
 				{Field: "BatchId", Message: "want a string, got number"},
+				{Field: "Unsubscribe", Message: "want true, false or an https: or mailto: URL, got 5"},
 				{Field: "IgnoreSuppression", Message: `want true or false, got "yes"`},
 			}},
+		{"Unsubscribe empty or of other types", `{"To": "a@example.com", "Unsubscribe": ""}`,
+			[]fe{{Field: "Unsubscribe", Message: `want true, false or an https: or mailto: URL, got ""`}}},
+		{"Unsubscribe an object", `{"To": "a@example.com", "unsubscribe": {"URL": "https://example.com/u"}}`,
+			[]fe{{Field: "Unsubscribe", Message: `want true, false or an https: or mailto: URL, got {"URL": "https://exa…`}}},
 		{"bad Priority", `{"To": "a@example.com", "Priority": "high"}`,
 			[]fe{{Field: "Priority", Message: `want urgent, normal or bulk, got "high"`}}},
 		{"Priority with spaces", `{"To": "a@example.com", "Priority": " bulk"}`,
@@ -473,6 +489,21 @@ func TestRequestErrors(t *testing.T) {
 			[]fe{{Field: "BatchId", Message: "must match [A-Za-z0-9_-]{1,128}"}}},
 		{"SendAt more than 30 days ahead", `{"To": "a@example.com", "SendAt": "9999-12-31T23:59:59+01:00"}`,
 			[]fe{{Field: "SendAt", Message: "9999-12-31T23:59:59+01:00 is more than 720h0m0s ahead (the schedule limit)"}}},
+		{"Unsubscribe and List-Unsubscribe headers", `{"To": "a@example.com", "Unsubscribe": true, "Headers": {
+			"list-unsubscribe": "<mailto:u@example.com>", "List-Unsubscribe-POST": "List-Unsubscribe=One-Click", "X-List-Unsubscribe": "1"}}`,
+			[]fe{
+				{Field: `Headers["List-Unsubscribe-POST"]`, Message: "set either Unsubscribe or this header, not both"},
+				{Field: `Headers["list-unsubscribe"]`, Message: "set either Unsubscribe or this header, not both"},
+			}},
+		{"Unsubscribe URL and a List-Unsubscribe-Post header", `{"To": "a@example.com", "Unsubscribe": "mailto:u@example.com",
+			"Headers": {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}}`,
+			[]fe{{Field: `Headers["List-Unsubscribe-Post"]`, Message: "set either Unsubscribe or this header, not both"}}},
+		{"Unsubscribe: a bad URL and a header", `{"To": "a@example.com", "Unsubscribe": "http://example.com/u",
+			"Headers": {"List-Unsubscribe": "<https://example.com/u>"}}`,
+			[]fe{
+				{Field: "Unsubscribe", Message: `want an https: or mailto: URL, got "http://example.com/u"`},
+				{Field: `Headers["List-Unsubscribe"]`, Message: "set either Unsubscribe or this header, not both"},
+			}},
 		{"many errors at once", `{"Id": "a b", "To": "jan.example.com", "From": "x", "Subject": "a\nb",
 			"Importance": "urgent", "Headers": {"Bcc": "v@example.org", "X-A": "\n"},
 			"Attachments": [{"FileName": "", "ContentData": "@@@", "ContentTransferEncoding": "base64"}]}`,
@@ -708,6 +739,7 @@ func TestExamplesAgree(t *testing.T) {
 		"examples/request-v2.json", "examples/result-accepted-v2.json", "examples/result-scheduled.json",
 		"examples/result-cancelled.json", "examples/result-deferred-partial.json", "examples/result-failed-403-suppressed.json",
 		"examples/invalid/sendat-without-offset.json", "examples/invalid/bad-priority.json",
+		"examples/invalid/unsubscribe-with-header.json", "examples/invalid/bad-unsubscribe-scheme.json",
 	} {
 		if !slices.Contains(files, name) {
 			t.Errorf("example %s is missing", name)
@@ -794,6 +826,8 @@ var invalidWhy = map[string]struct{ goErr, schemaAt string }{
 	"result-unknown-key.json":                   {`unknown field "Retries"`, ""},
 	"sendat-without-offset.json":                {"SendAt: want an RFC 3339 time with an offset", "/SendAt"},
 	"bad-priority.json":                         {`Priority: want urgent, normal or bulk, got "high"`, "/Priority"},
+	"unsubscribe-with-header.json":              {`Headers["List-Unsubscribe"]: set either Unsubscribe or this header, not both`, ""}, // propertyNames, as above
+	"bad-unsubscribe-scheme.json":               {`Unsubscribe: want an https: or mailto: URL, got "http://example.com/unsubscribe?u=42"`, "/Unsubscribe"},
 	"result-scheduled-without-sendat.json":      {"scheduled without SendAt", ""},
 	"result-cancelled-with-status-200.json":     {`Status 200 with State "cancelled"`, "/Status"},
 	"result-envelope-on-sent.json":              {"Envelope on a sent event", "/State"},
