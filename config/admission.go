@@ -61,7 +61,7 @@ func (e *SenderNotAllowedError) Error() string {
 // Admission decides whether a request is admitted, the same way wherever
 // it is asked: the worker before it sends, the HTTP API before it
 // publishes. The zero value admits every request that is valid under
-// schema.DefaultLimits and leaves Template, Connection and From unchecked.
+// schema.DefaultLimits() and leaves Template, Connection and From unchecked.
 // It is safe for concurrent use once built.
 type Admission struct {
 	// Limits bound requests; zero fields take their defaults.

@@ -52,7 +52,7 @@ func DefaultStreams() Streams {
 		DuplicateWindow: time.Hour,
 		ResultMaxAge:    7 * 24 * time.Hour,
 		DeadMaxAge:      30 * 24 * time.Hour,
-		MaxRequestBytes: schema.DefaultLimits.MaxRequestBytes,
+		MaxRequestBytes: schema.DefaultLimits().MaxRequestBytes,
 		AckWait:         60 * time.Second,
 		MaxDeliver:      15,
 		MaxAckPending:   100000,

@@ -35,7 +35,7 @@ type Config struct {
 	// Admission decides which requests are published: the limits, the
 	// templates and the connections' sender policies, as the workers have
 	// them, so that the API refuses (400, 403, 413) what a worker would.
-	// Nil admits every request valid under schema.DefaultLimits, and leaves
+	// Nil admits every request valid under schema.DefaultLimits(), and leaves
 	// Template, Connection and From to the workers. The body is also
 	// bounded by the NATS server's max_payload.
 	Admission *config.Admission
@@ -260,7 +260,7 @@ func (a *API) post(rw http.ResponseWriter, r *http.Request) {
 		var ve *schema.ValidationError
 		switch {
 		case errors.As(err, &ve):
-			// Only when Limits are looser than schema.DefaultLimits,
+			// Only when Limits are looser than schema.DefaultLimits(),
 			// which PublishJSON applies.
 			status := http.StatusBadRequest
 			if ve.TooLarge() {

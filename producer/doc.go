@@ -54,7 +54,7 @@
 // result, ErrInvalidID and ErrInvalidOption for bad arguments. Errors from
 // NATS stay reachable too, such as nats.ErrMaxPayload for a request over
 // the server's max_payload: 1 MiB by default, less than the attachments that
-// schema.DefaultLimits allow, so raise max_payload on servers that carry
+// schema.DefaultLimits() allow, so raise max_payload on servers that carry
 // large attachments.
 //
 // The subjects, stream names and formats are those of jetmail's wire

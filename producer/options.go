@@ -23,7 +23,7 @@ type options struct {
 
 func defaultOptions() options {
 	n := schema.DefaultNames()
-	return options{prefix: n.Prefix, resultStream: n.ResultStream, deadStream: n.DeadStream, idFunc: nuid.Next, limits: schema.DefaultLimits}
+	return options{prefix: n.Prefix, resultStream: n.ResultStream, deadStream: n.DeadStream, idFunc: nuid.Next, limits: schema.DefaultLimits()}
 }
 
 // WithSubjectPrefix sets the first token of every subject the producer
@@ -90,7 +90,7 @@ func WithIDFunc(f func() string) Option {
 }
 
 // WithLimits sets the limits requests are validated against before they
-// are published; zero fields take schema.DefaultLimits. Use the workers'
+// are published; zero fields take schema.DefaultLimits(). Use the workers'
 // limits, so that what the producer lets through the workers accept.
 func WithLimits(l schema.Limits) Option {
 	return func(o *options) error {

@@ -158,8 +158,8 @@ func TestLimitsWithDefaults(t *testing.T) {
 	if got := (schema.Limits{}).WithDefaults().MaxSchedule; got != schema.DefaultMaxSchedule {
 		t.Errorf("default MaxSchedule = %v, want %v", got, schema.DefaultMaxSchedule)
 	}
-	if got := schema.DefaultLimits.WithDefaults().MaxSchedule; got != schema.DefaultMaxSchedule {
-		t.Errorf("DefaultLimits.WithDefaults().MaxSchedule = %v, want %v", got, schema.DefaultMaxSchedule)
+	if got := schema.DefaultLimits().WithDefaults().MaxSchedule; got != schema.DefaultMaxSchedule {
+		t.Errorf("DefaultLimits().WithDefaults().MaxSchedule = %v, want %v", got, schema.DefaultMaxSchedule)
 	}
 	for _, d := range []time.Duration{-1, time.Hour, 1000 * time.Hour} {
 		if got := (schema.Limits{MaxSchedule: d}).WithDefaults().MaxSchedule; got != d {
@@ -167,7 +167,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 		}
 	}
 	// The other limits keep their defaults.
-	want := schema.DefaultLimits
+	want := schema.DefaultLimits()
 	want.MaxSchedule = schema.DefaultMaxSchedule
 	if diff := cmp.Diff(want, schema.Limits{}.WithDefaults()); diff != "" {
 		t.Errorf("Limits{}.WithDefaults() (-want +got):\n%s", diff)

@@ -85,13 +85,18 @@ type Limits struct {
 // DefaultMaxSchedule is the default of Limits.MaxSchedule: 30 days.
 const DefaultMaxSchedule = 720 * time.Hour
 
-// DefaultLimits are the limits a worker applies when configured with none.
-var DefaultLimits = Limits{
-	MaxRequestBytes:    8 << 20,
-	MaxAttachmentBytes: 6 << 20,
-	MaxRecipients:      100,
-	MaxHeaders:         50,
-	MaxHeaderLength:    4096,
+// DefaultLimits returns the limits a worker applies when configured with
+// none: 8 MiB requests, 6 MiB of attachments, 100 recipients, 50 extra
+// headers of up to 4096 bytes, SendAt up to 30 days ahead.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxRequestBytes:    8 << 20,
+		MaxAttachmentBytes: 6 << 20,
+		MaxRecipients:      100,
+		MaxHeaders:         50,
+		MaxHeaderLength:    4096,
+		MaxSchedule:        DefaultMaxSchedule,
+	}
 }
 
 // WithDefaults returns l with each zero field replaced by its default: that
@@ -103,13 +108,14 @@ func (l Limits) WithDefaults() Limits {
 		}
 		return v
 	}
+	d := DefaultLimits()
 	return Limits{
-		MaxRequestBytes:    def(l.MaxRequestBytes, DefaultLimits.MaxRequestBytes),
-		MaxAttachmentBytes: def(l.MaxAttachmentBytes, DefaultLimits.MaxAttachmentBytes),
-		MaxRecipients:      def(l.MaxRecipients, DefaultLimits.MaxRecipients),
-		MaxHeaders:         def(l.MaxHeaders, DefaultLimits.MaxHeaders),
-		MaxHeaderLength:    def(l.MaxHeaderLength, DefaultLimits.MaxHeaderLength),
-		MaxSchedule:        cmp.Or(l.MaxSchedule, DefaultMaxSchedule),
+		MaxRequestBytes:    def(l.MaxRequestBytes, d.MaxRequestBytes),
+		MaxAttachmentBytes: def(l.MaxAttachmentBytes, d.MaxAttachmentBytes),
+		MaxRecipients:      def(l.MaxRecipients, d.MaxRecipients),
+		MaxHeaders:         def(l.MaxHeaders, d.MaxHeaders),
+		MaxHeaderLength:    def(l.MaxHeaderLength, d.MaxHeaderLength),
+		MaxSchedule:        cmp.Or(l.MaxSchedule, d.MaxSchedule),
 	}
 }
 
@@ -257,7 +263,7 @@ func validHeaderName(name string) bool {
 // Validate checks r against every rule of the contract with DefaultLimits
 // at the current time and returns a *ValidationError listing all broken
 // rules, or nil.
-func (r *Request) Validate() error { return r.ValidateLimits(DefaultLimits) }
+func (r *Request) Validate() error { return r.ValidateLimits(DefaultLimits()) }
 
 // ValidateLimits is Validate with the given limits (zero fields take their
 // defaults): ValidateAt(lim, time.Now()).

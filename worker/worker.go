@@ -62,7 +62,7 @@ type Config struct {
 	ResultMaxAge time.Duration
 	// DeadMaxAge is how long dead letters are kept. Default 30 days.
 	DeadMaxAge time.Duration
-	// Limits bound requests; zero fields take schema.DefaultLimits'.
+	// Limits bound requests; zero fields take schema.DefaultLimits()'s.
 	Limits schema.Limits
 	// Templates is a folder of message templates (NAME.subject.tmpl,
 	// NAME.text.tmpl, NAME.html.tmpl) that requests name with Template.
@@ -96,7 +96,7 @@ func DefaultConfig() Config {
 		DuplicateWindow: time.Hour,
 		ResultMaxAge:    7 * 24 * time.Hour,
 		DeadMaxAge:      30 * 24 * time.Hour,
-		Limits:          schema.DefaultLimits,
+		Limits:          schema.DefaultLimits(),
 		HTTPAddr:        ":8080",
 	}
 }

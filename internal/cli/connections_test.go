@@ -201,7 +201,7 @@ func TestConnectionsMerge(t *testing.T) {
 		"default.url": "smtp://mailer@relay.example.com:587", "default.password": "in-file", "default.pool": 8,
 		"default.rate": 50.0, "default.from": "noreply@example.com", "default.allowed": "@example.com",
 		"marketing.password": "bulk-secret", "marketing.rate": 10.0, "marketing.pool": 0,
-		"limits.recipients": schema.DefaultLimits.MaxRecipients, "limits.request": schema.DefaultLimits.MaxRequestBytes,
+		"limits.recipients": schema.DefaultLimits().MaxRecipients, "limits.request": schema.DefaultLimits().MaxRequestBytes,
 	} {
 		if got[k] != want {
 			t.Errorf("file only: %s = %v, want %v", k, got[k], want)

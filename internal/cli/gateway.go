@@ -109,7 +109,7 @@ The API is described by schema/openapi.yaml.`,
 
 // addLimitFlags registers the request limit flags.
 func addLimitFlags(fs *pflag.FlagSet, l *schema.Limits) {
-	def := schema.DefaultLimits
+	def := schema.DefaultLimits()
 	fs.IntVar(&l.MaxRequestBytes, "max-request-bytes", def.MaxRequestBytes, "largest request payload in bytes; -1 for no limit")
 	fs.IntVar(&l.MaxAttachmentBytes, "max-attachment-bytes", def.MaxAttachmentBytes, "largest total decoded size of a request's attachments in bytes; -1 for no limit")
 	fs.IntVar(&l.MaxRecipients, "max-recipients", def.MaxRecipients, "most To, Cc and Bcc recipients of a request together; -1 for no limit")
