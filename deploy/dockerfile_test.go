@@ -229,7 +229,7 @@ func TestDockerfile(t *testing.T) {
 			if pat == "" || strings.HasPrefix(pat, "#") || strings.HasPrefix(pat, "!") {
 				continue
 			}
-			for _, need := range []string{"go.mod", "go.sum", "cmd", "cmd/jetmail", "worker", "schema", "producer"} {
+			for _, need := range []string{"go.mod", "go.sum", "cmd", "cmd/jetmail", "worker", "schema", "producer", "config", "httpapi", "internal", "internal/cli"} {
 				if ok, _ := filepath.Match(pat, need); ok {
 					t.Errorf("%s: %q excludes %s, which the build needs", dockerignore, line, need)
 				}

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,15 +10,13 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/test"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/worker"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -36,22 +33,7 @@ type runningWorker struct {
 // series), and waits for both final results.
 func startWorker(t *testing.T) *runningWorker {
 	t.Helper()
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	srv := natsserver.RunServer(&opts)
-	t.Cleanup(srv.Shutdown)
-
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := jstest.Start(t).Connect(t)
 	smtpSrv := smtptest.NewServer(t)
 
 	reg := prometheus.NewRegistry()
@@ -64,20 +46,7 @@ func startWorker(t *testing.T) *runningWorker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("worker did not stop within 30s")
-		}
-	})
+	jstest.Serve(t, w.Run, nil)
 	rw := &runningWorker{http: httptest.NewServer(w.Handler())}
 	t.Cleanup(rw.http.Close)
 
@@ -96,9 +65,7 @@ func startWorker(t *testing.T) *runningWorker {
 		"deploy-sent":    `{"Id":"deploy-sent","To":"a@example.com","From":"b@example.com","Subject":"x","Body":"y"}`,
 		"deploy-invalid": `{"Id":"deploy-invalid","From":"b@example.com","Subject":"no recipient"}`,
 	} {
-		if _, err := js.Publish(ctx, "mail.send", []byte(body), jetstream.WithMsgID(id)); err != nil {
-			t.Fatalf("publish %s: %v", id, err)
-		}
+		jstest.Publish(t, js, "", []byte(body), id)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for len(want) > 0 {

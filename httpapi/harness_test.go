@@ -1,11 +1,9 @@
 package httpapi
 
 import (
-	"context"
 	"log/slog"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -72,24 +70,7 @@ func setupOn(t testing.TB, srv *jstest.Server, cfg worker.Config, tokens ...stri
 		t.Fatal(err)
 	}
 	b.worker = w
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once sync.Once
-	t.Cleanup(func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("worker Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("worker did not stop within 30s")
-			}
-		})
-	})
-	jstest.Eventually(t, 10*time.Second, w.Ready)
+	jstest.Serve(t, w.Run, w.Ready)
 	return b
 }
 
@@ -112,16 +93,7 @@ func smtpBundle(t testing.TB, srv *smtptest.Server, cfg worker.Config, tokens ..
 // producer would.
 func (b *testBundle) publishRaw(t testing.TB, data []byte, id string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	m := nats.NewMsg("mail.send")
-	m.Data = data
-	if id != "" {
-		m.Header.Set(jetstream.MsgIDHeader, id)
-	}
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
-		t.Fatalf("publish: %v", err)
-	}
+	jstest.Publish(t, b.js, "", data, id)
 }
 
 // serveWorker serves a worker's Handler (metrics, health and the API).

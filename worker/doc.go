@@ -2,26 +2,37 @@
 // from a JetStream work-queue stream and delivers them over SMTP, publishing
 // a result event for every state change.
 //
-// # How a message flows
+// # How a message flows, file by file
 //
-// Worker.Run creates (or updates) the request, result and dead-letter
-// streams and the durable pull consumer shared by all workers, then feeds
-// Config.Concurrency handler goroutines from the consumer. For each message
-// a handler:
-//
-//  1. decodes and validates the request (schema.Decode, Validate; a
-//     Template is rendered and the result validated again); an invalid
-//     request gets one failed/400 result and is terminated;
-//  2. looks up the latest result of the request's Id and, if it is already
-//     sent, acknowledges without sending again;
-//  3. publishes 202 accepted on the first delivery;
-//  4. builds the MIME message with go-mail (Build) and sends it through
-//     the Transport: an SMTP session pool per named connection
-//     (SMTPTransport) or the .eml outbox (FileTransport);
-//  5. classifies any failure in one place (Classify) and decides what
-//     follows (decide): sent → 200 and Ack; transient with attempts and age
-//     left → 202 deferred and NakWithDelay, so the wait happens in
-//     JetStream; otherwise → failed, a dead letter, and Term.
+//   - worker.go: Config (DefaultConfig holds the defaults), New and Run.
+//     Run creates the streams and the durable consumer (config.Streams),
+//     serves /metrics, /healthz, /readyz and Config.API, and owns every
+//     goroutine it starts.
+//   - consume.go: the pull loop feeds Config.Concurrency handler
+//     goroutines; progress acks keep a slow delivery from being redelivered.
+//   - handle.go: one delivery. It gathers the facts: the request admitted
+//     by config.Admission (decoded, validated, template rendered, sender
+//     allowed), the Id, the latest stored event of the Id (dedupe), the
+//     built message (build.go, with go-mail). Then decide says what to do,
+//     and settle does it.
+//   - decide.go: THE decision table. Every outcome of a delivery is one row
+//     of the pure function decide: invalid, sender not allowed, already
+//     sent, already final, over max attempts, send (202 accepted on the
+//     first attempt), sent, deferred, exhausted, permanent, shutdown. Its
+//     table test names every row.
+//   - transport.go, smtppool.go, smtptx.go: the transports. The .eml outbox
+//     (FileTransport), or a pool of SMTP sessions per named connection
+//     (SMTPTransport) running one transaction engine, with or without
+//     PIPELINING.
+//   - classify.go: THE classifier. Classify turns any failure into a
+//     DeliveryError: transient or permanent, and the final status (401,
+//     403, 404, 500).
+//   - retry.go: when a transient failure is tried again (backoff/v4), and
+//     when it is given up.
+//   - events.go: result events and dead letters, stored and acknowledged
+//     by JetStream before the request is settled.
+//   - metrics.go, embedded.go: the Prometheus collectors, and the embedded
+//     JetStream server of `jetmail worker` without --nats-url.
 //
 // # Acknowledgement
 //
@@ -40,7 +51,4 @@
 // messages to the stream, lets in-flight deliveries finish within
 // Config.GracePeriod, then cancels the rest (they are returned with Nak),
 // closes the SMTP sessions and returns nil.
-//
-// The worker serves Prometheus metrics (Metrics), /healthz, /readyz and the
-// HTTP API (API) from Handler. Every goroutine it starts is owned by Run.
 package worker

@@ -1,12 +1,9 @@
 package worker
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -66,27 +63,9 @@ func (b *testBundle) startWorker(t testing.TB, cfg Config) {
 		t.Fatal(err)
 	}
 	b.worker = w
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once sync.Once
-	b.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("worker Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("worker did not stop within 30s")
-			}
-		})
-	}
-	t.Cleanup(b.stop)
 	// Wait until the consumer exists so publishes are not lost to a
 	// missing stream.
-	jstest.Eventually(t, 10*time.Second, func() bool { return w.Ready() })
+	b.stop = jstest.Serve(t, w.Run, w.Ready)
 }
 
 // publish sends a request as a producer would: JSON with Nats-Msg-Id.
@@ -101,18 +80,5 @@ func (b *testBundle) publish(t testing.TB, req any, id string) {
 
 func (b *testBundle) publishRaw(t testing.TB, data []byte, id string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	m := nats.NewMsg("mail.send")
-	m.Data = data
-	if id != "" {
-		m.Header.Set(jetstream.MsgIDHeader, id)
-	}
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) {
-			t.Fatalf("publish: %v (%d)", apiErr, apiErr.ErrorCode)
-		}
-		t.Fatalf("publish: %v", err)
-	}
+	jstest.Publish(t, b.js, "", data, id)
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/term"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
@@ -308,12 +309,9 @@ func (p *progress) done() {
 	p.finished = true
 }
 
-// isTerminal reports whether w is a terminal.
+// isTerminal reports whether w is a terminal (not a pipe, a file or
+// /dev/null, which is a character device too).
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -70,5 +71,22 @@ func TestProgressStatus(t *testing.T) {
 	p.total = 0
 	if s := p.status(); strings.Contains(s, "ETA") || !strings.HasPrefix(s, "50 ") {
 		t.Errorf("status without a total = %q", s)
+	}
+}
+
+// TestIsTerminal: /dev/null is a character device but no terminal, so
+// progress bars must not be drawn into it.
+func TestIsTerminal(t *testing.T) {
+	t.Parallel()
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if isTerminal(null) {
+		t.Error("/dev/null is taken for a terminal")
+	}
+	if isTerminal(&bytes.Buffer{}) {
+		t.Error("a buffer is taken for a terminal")
 	}
 }

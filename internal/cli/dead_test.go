@@ -7,27 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
-
-// connectJS connects a test's own JetStream client to url.
-func connectJS(t *testing.T, url string, opts ...nats.Option) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
 
 // resultEvents reads the result events of id from the start of the result
 // stream until one satisfies until, and returns them all.
@@ -85,7 +70,7 @@ func TestDeadLetters(t *testing.T) {
 	srv.AddFault(smtptest.Fault{Cmd: "MAIL", Match: "second@example.com", Code: 550, Enhanced: "5.7.1", Times: 1})
 	startWorker(t, "--nats-url", url, "--smtp-url", srv.URL(), "--smtp-from", "default@example.com", "--http-addr", "127.0.0.1:0")
 	ctx := testCtx(t)
-	js := connectJS(t, url)
+	_, js := jstest.Connect(t, url)
 
 	// One with an Id key, one whose Id is only in the Nats-Msg-Id header.
 	r := jetmail(t, ctx, "", "send", "--nats-url", url, "--id", "dead-one", "--to", "a@example.com",

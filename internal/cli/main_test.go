@@ -23,12 +23,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natsserver "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/worker/smtptest"
@@ -63,17 +63,11 @@ func TestMain(m *testing.M) {
 
 // ---- helpers ----
 
-// startNATS runs a JetStream server in-process on a free port with its
-// store in a temporary folder, and returns its URL.
+// startNATS runs a JetStream server in-process and returns it and its URL.
 func startNATS(t testing.TB) (*server.Server, string) {
 	t.Helper()
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	s := natsserver.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	return s, s.ClientURL()
+	s := jstest.Start(t)
+	return s.NATS(), s.URL()
 }
 
 // watchBuffer is an io.Writer, safe for concurrent use, that tests can
@@ -807,9 +801,17 @@ func TestHelp(t *testing.T) {
 			t.Errorf("worker --help lacks --%s or $%s", flag, envName(flag))
 		}
 	}
-	for _, def := range []string{`(default ":8080")`, "(default 16)", "(default 30s)", "(default 30m0s)", "(default 12)", "(default 48h0m0s)", `(default "mail")`, `(default "./outbox")`} {
-		if !strings.Contains(r.stdout, def) {
-			t.Errorf("worker --help lacks the contract default %s", def)
+	// Each flag's own help line shows its contract default.
+	lines := strings.Split(r.stdout, "\n")
+	for flag, def := range map[string]string{
+		"http-addr": `(default ":8080")`, "concurrency": "(default 16)", "retry-initial": "(default 30s)",
+		"retry-multiplier": "(default 2)", "retry-max-interval": "(default 30m0s)", "max-attempts": "(default 12)",
+		"max-age": "(default 48h0m0s)", "grace-period": "(default 30s)", "subject-prefix": `(default "mail")`,
+		"outbox": `(default "./outbox")`, "replicas": "(default 1)",
+	} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(strings.TrimSpace(l), "--"+flag+" ") })
+		if i < 0 || !strings.Contains(lines[i], def) {
+			t.Errorf("worker --help: the line of --%s lacks the contract default %s", flag, def)
 		}
 	}
 

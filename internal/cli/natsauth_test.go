@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/nats-io/nats-server/v2/server"
-	natsserver "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nkeys"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -27,14 +27,7 @@ import (
 // changing its options (authentication, TLS).
 func startSecureNATS(t *testing.T, secure func(*server.Options)) string {
 	t.Helper()
-	opts := natsserver.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	secure(&opts)
-	s := natsserver.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	return s.ClientURL()
+	return jstest.Start(t, secure).URL()
 }
 
 // writeFile writes a test file of mode 0600 and returns its path.

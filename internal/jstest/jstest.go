@@ -7,6 +7,8 @@
 package jstest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -276,4 +278,59 @@ func TempDir() string {
 		panic(err)
 	}
 	return dir
+}
+
+// Serve runs run (a service's Run, such as a worker's) in a goroutine
+// owned by the test until cleanup, which cancels its context and waits up
+// to 30 s for it to return nil. When ready is not nil, Serve waits up to
+// 10 s until it reports true. It returns a function that stops the service
+// early; calling it more than once is harmless.
+func Serve(t testing.TB, run func(context.Context) error, ready func() bool) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("Run did not return within 30s of its context ending")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	if ready != nil {
+		Eventually(t, 10*time.Second, ready)
+	}
+	return stop
+}
+
+// Publish publishes a request payload on subject (mail.send when empty)
+// with Nats-Msg-Id id (none when empty), as a producer would, and waits
+// for JetStream to store it.
+func Publish(t testing.TB, js jetstream.JetStream, subject string, data []byte, id string) {
+	t.Helper()
+	if subject == "" {
+		subject = schema.DefaultNames().SendSubject()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if id != "" {
+		m.Header.Set(jetstream.MsgIDHeader, id)
+	}
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) {
+			t.Fatalf("publish: %v (%d)", apiErr, apiErr.ErrorCode)
+		}
+		t.Fatalf("publish: %v", err)
+	}
 }

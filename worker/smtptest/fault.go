@@ -166,6 +166,7 @@ func (s *Server) fire(cmd string, match func(string) bool) (*faultState, bool) {
 			f.left--
 		}
 		s.faultHits++
+		s.cond.Broadcast()
 		return f, true
 	}
 	return nil, false

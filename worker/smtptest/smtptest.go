@@ -71,7 +71,7 @@ type Server struct {
 	wg        sync.WaitGroup // accept loop and connection set-up goroutines
 
 	mu        sync.Mutex
-	cond      *sync.Cond // signalled on every change of msgs, open or closed
+	cond      *sync.Cond // signalled on every change of msgs, open, faultHits or closed
 	closed    bool
 	conns     map[*conn]struct{}
 	nconns    int
@@ -331,6 +331,19 @@ func (s *Server) FaultHits() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.faultHits
+}
+
+// WaitFaultHits waits until faults have fired at least n times, all faults
+// together. It returns an error if ctx is done or the server is closed
+// first.
+func (s *Server) WaitFaultHits(ctx context.Context, n int) error {
+	err := s.wait(ctx, func() bool { return s.faultHits >= n })
+	if err != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return fmt.Errorf("waiting for %d fault hits, have %d: %w", n, s.faultHits, err)
+	}
+	return nil
 }
 
 // Hits returns how many times the server received the command cmd, such

@@ -334,8 +334,10 @@ func TestCloseInterruptsDelay(t *testing.T) {
 	go func() { errs <- c1.Mail("a@example.com") }()
 	go func() { errs <- send(c2, "b@example.com", []string{"x@example.com"}, "x\r\n") }()
 
-	for s.FaultHits() < 2 {
-		time.Sleep(time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitFaultHits(ctx, 2); err != nil {
+		t.Fatal(err)
 	}
 	start := time.Now()
 	s.Close()
@@ -692,8 +694,10 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	for s.FaultHits() < 1 {
-		time.Sleep(time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitFaultHits(ctx, 1); err != nil {
+		t.Fatal(err)
 	}
 	c := dial(t, s)
 	if err := c.StartTLS(&tls.Config{ServerName: "127.0.0.1", RootCAs: s.CertPool()}); err != nil {
@@ -704,8 +708,8 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	}
 	done := make(chan error)
 	go func() { done <- c.Rcpt("x@example.com") }()
-	for s.FaultHits() < 2 {
-		time.Sleep(time.Millisecond)
+	if err := s.WaitFaultHits(ctx, 2); err != nil {
+		t.Fatal(err)
 	}
 	s.Close()
 	<-done
