@@ -29,10 +29,6 @@ type Streams struct {
 	ResultMaxAge time.Duration
 	// DeadMaxAge is how long dead letters are kept. Default 30 days.
 	DeadMaxAge time.Duration
-	// MaxRequestBytes is the request limit; the stream takes messages of up
-	// to that size plus room for headers. Default
-	// schema.DefaultLimits().MaxRequestBytes; negative means no limit.
-	MaxRequestBytes int
 	// AckWait is how long the consumer waits for an acknowledgement before
 	// it redelivers. Default 60s.
 	AckWait time.Duration
@@ -40,8 +36,11 @@ type Streams struct {
 	// worker's MaxAttempts (which the worker enforces itself). Default 15.
 	MaxDeliver int
 	// MaxAckPending bounds the messages held by workers or waiting for a
-	// retry at once. Default 100000.
+	// retry at once, per lane. Default 100000.
 	MaxAckPending int
+	// CancelTTL is how long a cancellation mark is kept. Default 31 days:
+	// longer than the furthest SendAt and a deferred message's MaxAge.
+	CancelTTL time.Duration
 }
 
 // DefaultStreams returns the topology of the contract's defaults.
@@ -52,10 +51,10 @@ func DefaultStreams() Streams {
 		DuplicateWindow: time.Hour,
 		ResultMaxAge:    7 * 24 * time.Hour,
 		DeadMaxAge:      30 * 24 * time.Hour,
-		MaxRequestBytes: schema.DefaultLimits().MaxRequestBytes,
 		AckWait:         60 * time.Second,
 		MaxDeliver:      15,
 		MaxAckPending:   100000,
+		CancelTTL:       31 * 24 * time.Hour,
 	}
 }
 
@@ -78,30 +77,34 @@ func (s Streams) WithDefaults() Streams {
 	set(&s.DuplicateWindow, d.DuplicateWindow)
 	set(&s.ResultMaxAge, d.ResultMaxAge)
 	set(&s.DeadMaxAge, d.DeadMaxAge)
-	seti(&s.MaxRequestBytes, d.MaxRequestBytes)
 	set(&s.AckWait, d.AckWait)
 	seti(&s.MaxDeliver, d.MaxDeliver)
 	seti(&s.MaxAckPending, d.MaxAckPending)
+	set(&s.CancelTTL, d.CancelTTL)
 	return s
 }
 
-// RequestStream is the work-queue stream of send requests.
+// RequestStream is the work-queue stream of send requests: the subjects
+// of the three lanes (contract §7), and the schedule subjects where
+// requests wait for their SendAt (§8). Message schedules (JetStream 2.12+)
+// re-publish a waiting request onto its lane's subject at its time; they
+// force roll-ups on, which jetmail does not otherwise use.
 func (s Streams) RequestStream() jetstream.StreamConfig {
 	s = s.WithDefaults()
-	c := jetstream.StreamConfig{
-		Name:        s.Names.RequestStream,
-		Description: "jetmail send requests",
-		Subjects:    s.Names.SendSubjects(),
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    s.Replicas,
-		Duplicates:  s.DuplicateWindow,
+	return jetstream.StreamConfig{
+		Name:              s.Names.RequestStream,
+		Description:       "jetmail send requests, by lane, and the scheduled ones waiting for their time",
+		Subjects:          append(s.Names.RequestSubjects(), s.Names.ScheduleSubjects()),
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.Replicas,
+		Duplicates:        s.DuplicateWindow,
+		AllowMsgSchedules: true,
+		AllowRollup:       true,
+		// Direct gets let a canceller find the waiting requests of a batch:
+		// a work-queue stream takes no consumer beside the workers'.
+		AllowDirect: true,
 	}
-	if s.MaxRequestBytes > 0 {
-		// Headers (Nats-Msg-Id…) count towards the stored size.
-		c.MaxMsgSize = int32(min(s.MaxRequestBytes+4<<10, 64<<20))
-	}
-	return c
 }
 
 // ResultStream is the stream of result events; the latest per subject is
@@ -137,53 +140,98 @@ func (s Streams) DeadStream() jetstream.StreamConfig {
 	}
 }
 
-// WorkerConsumer is the durable pull consumer shared by all workers.
-func (s Streams) WorkerConsumer() jetstream.ConsumerConfig {
+// LaneConsumer is the durable pull consumer of one lane, shared by all
+// workers; it reads only the lane's subjects, so that the schedules (and
+// the other lanes) are not delivered to it.
+func (s Streams) LaneConsumer(l schema.Lane) jetstream.ConsumerConfig {
 	s = s.WithDefaults()
+	if l == "" {
+		l = schema.LaneNormal
+	}
 	return jetstream.ConsumerConfig{
-		Durable:     s.Names.Consumer,
-		Description: "jetmail workers",
-		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     s.AckWait,
-		MaxDeliver:  s.MaxDeliver,
-		// Deferred messages (NakWithDelay) stay pending on the server, so
-		// this bounds how many messages may wait for a retry; it is large
-		// so that an outage of one relay does not stall the rest.
+		Durable:        s.Names.LaneConsumer(l),
+		Description:    "jetmail workers, " + string(l) + " lane",
+		FilterSubjects: s.Names.LaneSubjects(l),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        s.AckWait,
+		MaxDeliver:     s.MaxDeliver,
+		// Deferred messages (NakWithDelay) stay pending on the server,
+		// so this bounds how many messages may wait for a retry; it is
+		// large so that an outage of one relay does not stall the rest.
 		MaxAckPending: s.MaxAckPending,
 		Replicas:      s.Replicas,
 	}
 }
 
-// Topology is what Ensure created: the streams a worker reads and the
-// consumer it pulls from.
-type Topology struct {
-	// Results is the result stream, for status look-ups.
-	Results jetstream.Stream
-	// Consumer is the workers' durable consumer.
-	Consumer jetstream.Consumer
+// CancelBucket is the key-value bucket of cancellation marks: keys
+// "id.<Id>" and "batch.<BatchId>".
+func (s Streams) CancelBucket() jetstream.KeyValueConfig {
+	s = s.WithDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      s.Names.CancelBucket,
+		Description: "jetmail cancelled messages and batches",
+		History:     1,
+		TTL:         s.CancelTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.Replicas,
+	}
 }
 
-// Ensure creates or updates the streams and the consumer, idempotently, so
-// that a worker on an empty server is enough and any number of workers can
-// start at once.
+// Lanes are the lanes, urgent first.
+var Lanes = []schema.Lane{schema.LaneUrgent, schema.LaneNormal, schema.LaneBulk}
+
+// Topology is what Ensure created: the streams, consumers and bucket a
+// worker uses.
+type Topology struct {
+	// Requests is the request stream.
+	Requests jetstream.Stream
+	// Results is the result stream, for status look-ups.
+	Results jetstream.Stream
+	// Consumers are the workers' durable consumers, by lane.
+	Consumers map[schema.Lane]jetstream.Consumer
+	// Cancelled is the bucket of cancellation marks.
+	Cancelled jetstream.KeyValue
+}
+
+// Ensure creates or updates the streams, the consumers and the bucket,
+// idempotently, so that a worker on an empty server is enough and any
+// number of workers can start at once. On a v1 deployment it first narrows
+// the old unfiltered consumer to the normal lane, then widens the request
+// stream to the other lanes and the schedules, so that nothing a v1 worker
+// reads changes meaning.
 func (s Streams) Ensure(ctx context.Context, js jetstream.JetStream) (*Topology, error) {
 	s = s.WithDefaults()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var t Topology
-	for _, sc := range []jetstream.StreamConfig{s.RequestStream(), s.ResultStream(), s.DeadStream()} {
-		st, err := js.CreateOrUpdateStream(ctx, sc)
+	t := Topology{Consumers: map[schema.Lane]jetstream.Consumer{}}
+	var err error
+	if t.Results, err = js.CreateOrUpdateStream(ctx, s.ResultStream()); err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", s.Names.ResultStream, err)
+	}
+	if _, err = js.CreateOrUpdateStream(ctx, s.DeadStream()); err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", s.Names.DeadStream, err)
+	}
+	normal := s.LaneConsumer(schema.LaneNormal)
+	if old, err := js.Consumer(ctx, s.Names.RequestStream, normal.Durable); err == nil {
+		if c := old.CachedInfo().Config; c.FilterSubject == "" && len(c.FilterSubjects) == 0 {
+			if _, err := js.UpdateConsumer(ctx, s.Names.RequestStream, normal); err != nil {
+				return nil, fmt.Errorf("narrow consumer %s to the normal lane: %w", normal.Durable, err)
+			}
+		}
+	}
+	if t.Requests, err = js.CreateOrUpdateStream(ctx, s.RequestStream()); err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", s.Names.RequestStream, err)
+	}
+	for _, l := range Lanes {
+		cc := s.LaneConsumer(l)
+		c, err := js.CreateOrUpdateConsumer(ctx, s.Names.RequestStream, cc)
 		if err != nil {
-			return nil, fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+			return nil, fmt.Errorf("ensure consumer %s on %s: %w", cc.Durable, s.Names.RequestStream, err)
 		}
-		if sc.Name == s.Names.ResultStream {
-			t.Results = st
-		}
+		t.Consumers[l] = c
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, s.Names.RequestStream, s.WorkerConsumer())
-	if err != nil {
-		return nil, fmt.Errorf("ensure consumer %s on %s: %w", s.Names.Consumer, s.Names.RequestStream, err)
+	if t.Cancelled, err = js.CreateOrUpdateKeyValue(ctx, s.CancelBucket()); err != nil {
+		return nil, fmt.Errorf("ensure bucket %s: %w", s.Names.CancelBucket, err)
 	}
-	t.Consumer = cons
 	return &t, nil
 }

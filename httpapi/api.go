@@ -7,6 +7,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
@@ -45,6 +47,12 @@ type Config struct {
 	// PublishTimeout bounds the wait for JetStream to store a request.
 	// Default 10s.
 	PublishTimeout time.Duration
+	// MaxBatchBytes bounds the body of POST /v1/messages/batch. Default
+	// 32 MiB.
+	MaxBatchBytes int64
+	// Cancelled, when set, counts the messages the API cancelled (the
+	// worker's jetmail_cancelled_total, when the API is served beside it).
+	Cancelled prometheus.Counter
 }
 
 // Response is the JSON body of every answer of POST /v1/messages, and of
@@ -90,6 +98,8 @@ type API struct {
 	admission *config.Admission
 	tokens    [][sha256.Size]byte // digests, so that comparing takes the same time whatever the length
 	timeout   time.Duration
+	maxBatch  int64
+	cancelled prometheus.Counter
 	js        jetstream.JetStream
 	producer  *producer.Producer
 	log       *slog.Logger
@@ -108,6 +118,8 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 		names:     cfg.Names.WithDefaults(),
 		admission: cfg.Admission,
 		timeout:   cfg.PublishTimeout,
+		maxBatch:  cmp.Or(cfg.MaxBatchBytes, 32<<20),
+		cancelled: cfg.Cancelled,
 		js:        js,
 		log:       logger,
 	}
@@ -145,7 +157,10 @@ func (a *API) Handler() http.Handler {
 // Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux.
 func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/messages", a.authorized(a.post))
+	mux.HandleFunc("POST /v1/messages/batch", a.authorized(a.postBatch))
 	mux.HandleFunc("GET /v1/messages/{id}", a.authorized(a.get))
+	mux.HandleFunc("DELETE /v1/messages/{id}", a.authorized(a.cancel))
+	mux.HandleFunc("DELETE /v1/batches/{batch}", a.authorized(a.cancelBatch))
 }
 
 // authorized answers 401 unless no tokens are configured or the request
@@ -204,13 +219,13 @@ func (a *API) bodyLimit() int64 {
 	return limit
 }
 
-// post validates a request and publishes it unchanged.
-func (a *API) post(rw http.ResponseWriter, r *http.Request) {
-	limit := a.bodyLimit()
+// readBody reads the request body up to limit bytes (-1: none), answering
+// 413 or 400 itself when it cannot; ok is false then.
+func (a *API) readBody(rw http.ResponseWriter, r *http.Request, limit int64) (data []byte, ok bool) {
 	tooLarge := fmt.Sprintf("request body is larger than the limit of %d bytes", limit)
 	if limit >= 0 && r.ContentLength > limit {
 		a.fail(rw, r, http.StatusRequestEntityTooLarge, tooLarge, nil)
-		return
+		return nil, false
 	}
 	body := r.Body
 	if limit >= 0 {
@@ -221,29 +236,44 @@ func (a *API) post(rw http.ResponseWriter, r *http.Request) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			a.fail(rw, r, http.StatusRequestEntityTooLarge, tooLarge, nil)
-			return
+			return nil, false
 		}
 		a.fail(rw, r, http.StatusBadRequest, "cannot read the request body: "+err.Error(), nil)
+		return nil, false
+	}
+	return data, true
+}
+
+// refusal is the HTTP answer to a request that admission refused: 413 for
+// a size limit, 400 for another broken rule, 403 for a sender that is not
+// allowed.
+func refusal(err error) (status int, fields []schema.FieldError) {
+	var ve *schema.ValidationError
+	var na *config.SenderNotAllowedError
+	switch {
+	case errors.As(err, &ve) && ve.TooLarge():
+		return http.StatusRequestEntityTooLarge, ve.Fields
+	case errors.As(err, &ve):
+		return http.StatusBadRequest, ve.Fields
+	case errors.As(err, &na):
+		return http.StatusForbidden, nil
+	}
+	return http.StatusBadRequest, nil
+}
+
+// post validates a request and publishes it unchanged.
+func (a *API) post(rw http.ResponseWriter, r *http.Request) {
+	data, ok := a.readBody(rw, r, a.bodyLimit())
+	if !ok {
 		return
 	}
-
 	req, err := a.admission.Admit(data)
 	if err == nil {
 		err = idempotencyKey(req, r.Header.Get("Idempotency-Key"))
 	}
 	if err != nil {
-		var ve *schema.ValidationError
-		var na *config.SenderNotAllowedError
-		switch {
-		case errors.As(err, &ve) && ve.TooLarge():
-			a.fail(rw, r, http.StatusRequestEntityTooLarge, ve.Error(), ve.Fields)
-		case errors.As(err, &ve):
-			a.fail(rw, r, http.StatusBadRequest, ve.Error(), ve.Fields)
-		case errors.As(err, &na):
-			a.fail(rw, r, http.StatusForbidden, na.Error(), nil)
-		default:
-			a.fail(rw, r, http.StatusBadRequest, err.Error(), nil)
-		}
+		status, fields := refusal(err)
+		a.fail(rw, r, status, err.Error(), fields)
 		return
 	}
 

@@ -150,37 +150,44 @@ func (p *Producer) Replay(ctx context.Context, d *DeadLetter) (ReplayOutcome, er
 
 // withID returns the request payload raw with its Id key set to id when it
 // has none, and raw itself otherwise.
-func withID(raw json.RawMessage, id string) ([]byte, error) {
+func withID(raw json.RawMessage, id string) ([]byte, error) { return withKey(raw, "Id", id) }
+
+// withKey returns the request payload raw with key (matched in any case)
+// set to value when it has no non-empty string there, and raw itself
+// otherwise. The rest of the payload is kept byte for byte when the key is
+// absent.
+func withKey(raw json.RawMessage, key, value string) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil {
-		return nil, fmt.Errorf("producer: the stored request is not a JSON object: %w", err)
+		return nil, fmt.Errorf("producer: the request is not a JSON object: %w", err)
 	}
 	empty := false
 	for k, v := range obj {
-		if !strings.EqualFold(k, "Id") {
+		if !strings.EqualFold(k, key) {
 			continue
 		}
 		var s string
 		if json.Unmarshal(v, &s) == nil && s != "" {
-			return raw, nil // the body names its Id: keep it as it is
+			return raw, nil // the body has it: keep it as it is
 		}
 		empty = true
 	}
 	if empty {
-		// "Id": "" or null: rewrite the object without it.
+		// "": "" or null: rewrite the object without it.
 		for k := range obj {
-			if strings.EqualFold(k, "Id") {
+			if strings.EqualFold(k, key) {
 				delete(obj, k)
 			}
 		}
-		obj["Id"], _ = json.Marshal(id)
+		obj[key], _ = json.Marshal(value)
 		return json.Marshal(obj)
 	}
 	// Insert the key after the opening brace, keeping the rest byte for
 	// byte.
 	trimmed := bytes.TrimLeft(raw, " \t\r\n")
-	key, _ := json.Marshal(id)
-	out := append([]byte(`{"Id":`), key...)
+	k, _ := json.Marshal(key)
+	v, _ := json.Marshal(value)
+	out := append(append(append([]byte("{"), k...), ':'), v...)
 	rest := bytes.TrimLeft(trimmed[1:], " \t\r\n")
 	if len(rest) > 0 && rest[0] != '}' {
 		out = append(out, ',')

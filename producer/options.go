@@ -106,8 +106,35 @@ type PublishOption func(*publishOptions)
 
 // publishOptions are the settings of one publish call.
 type publishOptions struct {
-	tokens []string
-	id     string
+	tokens      []string
+	id          string
+	lane        schema.Lane
+	defaultLane schema.Lane
+	batch       string
+}
+
+// WithDefaultPriority publishes one request on the subject of lane l when
+// the request names no Priority of its own (WithPriority wins over both).
+// `jetmail send --batch` uses it to publish batches on the bulk lane.
+func WithDefaultPriority(l schema.Lane) PublishOption {
+	return func(o *publishOptions) { o.defaultLane = l }
+}
+
+// WithBatch sets the BatchId of one request that has none, so that the
+// messages of a batch job can be found and cancelled together. For
+// PublishJSON the key is added to the payload, which is otherwise left as
+// it is. It must match [A-Za-z0-9_-]{1,128}.
+func WithBatch(batch string) PublishOption {
+	return func(o *publishOptions) { o.batch = batch }
+}
+
+// WithPriority publishes one request on the subject of lane l (contract
+// §7): schema.LaneUrgent for one-time codes and password resets,
+// schema.LaneBulk for batch jobs and newsletters, schema.LaneNormal for the
+// rest. It wins over the request's own Priority; without either, requests
+// go to the normal lane (mail.send).
+func WithPriority(l schema.Lane) PublishOption {
+	return func(o *publishOptions) { o.lane = l }
 }
 
 // WithID sets the Id of one publish for a request or payload that has no
@@ -118,11 +145,11 @@ func WithID(id string) PublishOption {
 	return func(o *publishOptions) { o.id = id }
 }
 
-// WithSubjectTokens appends tokens to the send subject of one publish, so
-// that the request goes to mail.send.<token>... (for example a tenant and
-// a priority: mail.send.acme.high). The request stream takes mail.send.>,
-// so the tokens are for consumers and permissions to select on; workers
-// treat every such request alike. Each token must be a single NATS token;
+// WithSubjectTokens appends tokens to the lane subject of one publish, so
+// that the request goes to mail.send.<token>... (for example a tenant:
+// mail.send.acme). The request stream takes mail.send.> (and the other
+// lanes' .>), so the tokens are for permissions and monitoring to select
+// on; workers treat every such request of a lane alike. Each token must be a single NATS token;
 // with no tokens the subject is mail.send.
 func WithSubjectTokens(tokens ...string) PublishOption {
 	return func(o *publishOptions) {

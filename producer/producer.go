@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -149,12 +150,15 @@ func (p *Producer) requestMsg(req *schema.Request, opts []PublishOption) (*nats.
 	if req == nil {
 		return nil, "", errors.New("producer: publish of a nil request")
 	}
-	subject, o, err := p.sendSubject(opts)
+	if err := req.ValidateLimits(p.limits); err != nil {
+		return nil, "", err
+	}
+	subject, o, err := p.sendSubject(req.Priority, opts)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := req.ValidateLimits(p.limits); err != nil {
-		return nil, "", err
+	if o.batch != "" && req.BatchId == "" {
+		req.BatchId = o.batch
 	}
 	if req.Id == "" {
 		id, err := p.newID(o)
@@ -172,15 +176,15 @@ func (p *Producer) requestMsg(req *schema.Request, opts []PublishOption) (*nats.
 
 // payloadMsg validates a raw payload and finds or makes its Id.
 func (p *Producer) payloadMsg(data []byte, opts []PublishOption) (*nats.Msg, string, error) {
-	subject, o, err := p.sendSubject(opts)
-	if err != nil {
-		return nil, "", err
-	}
 	req, err := schema.Decode(data)
 	if err != nil {
 		return nil, "", err
 	}
 	if err := req.ValidateLimits(p.limits); err != nil {
+		return nil, "", err
+	}
+	subject, o, err := p.sendSubject(req.Priority, opts)
+	if err != nil {
 		return nil, "", err
 	}
 	id := req.Id
@@ -189,12 +193,18 @@ func (p *Producer) payloadMsg(data []byte, opts []PublishOption) (*nats.Msg, str
 			return nil, "", err
 		}
 	}
+	if o.batch != "" && req.BatchId == "" {
+		if data, err = withKey(data, "BatchId", o.batch); err != nil {
+			return nil, "", err
+		}
+	}
 	return &nats.Msg{Subject: subject, Data: data}, id, nil
 }
 
-// sendSubject applies opts and returns the send subject with their tokens
-// appended.
-func (p *Producer) sendSubject(opts []PublishOption) (string, publishOptions, error) {
+// sendSubject applies opts and returns the subject of the request's lane
+// (WithPriority's, else the request's Priority, else WithDefaultPriority's,
+// else normal) with their tokens appended.
+func (p *Producer) sendSubject(priority schema.Lane, opts []PublishOption) (string, publishOptions, error) {
 	var o publishOptions
 	for _, opt := range opts {
 		if opt != nil {
@@ -209,10 +219,20 @@ func (p *Producer) sendSubject(opts []PublishOption) (string, publishOptions, er
 	if o.id != "" && !schema.ValidID(o.id) {
 		return "", o, fmt.Errorf("%w: Id %q does not match [A-Za-z0-9_-]{1,128}", ErrInvalidOption, o.id)
 	}
-	if len(o.tokens) == 0 {
-		return p.names.SendSubject(), o, nil
+	for _, l := range []schema.Lane{o.lane, o.defaultLane} {
+		if l != "" && !l.Valid() {
+			return "", o, fmt.Errorf("%w: priority %q is not urgent, normal or bulk", ErrInvalidOption, l)
+		}
 	}
-	return p.names.SendSubject() + "." + strings.Join(o.tokens, "."), o, nil
+	if o.batch != "" && !schema.ValidID(o.batch) {
+		return "", o, fmt.Errorf("%w: batch Id %q does not match [A-Za-z0-9_-]{1,128}", ErrInvalidOption, o.batch)
+	}
+	lane := cmp.Or(o.lane, priority, o.defaultLane, schema.LaneNormal)
+	subject := p.names.LaneSubject(lane)
+	if len(o.tokens) > 0 {
+		subject += "." + strings.Join(o.tokens, ".")
+	}
+	return subject, o, nil
 }
 
 // newID is the Id of a request that has none: WithID's, else a generated

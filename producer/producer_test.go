@@ -460,3 +460,62 @@ func TestPublishOverMaxPayload(t *testing.T) {
 		t.Errorf("got Id %q and error %q, want both to name the Id", id, err)
 	}
 }
+
+// TestPublishLanes: the lane comes from WithPriority, else the request's
+// Priority, else WithDefaultPriority, else normal; tokens follow it.
+func TestPublishLanes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, schema.DefaultNames())
+	sub, err := b.js.Conn().SubscribeSync("mail.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		priority schema.Lane
+		opts     []producer.PublishOption
+		want     string
+	}{
+		{"none", "", nil, "mail.send"},
+		{"request's Priority", schema.LaneUrgent, nil, "mail.urgent"},
+		{"WithPriority wins", schema.LaneUrgent, []producer.PublishOption{producer.WithPriority(schema.LaneBulk)}, "mail.bulk"},
+		{"default when none", "", []producer.PublishOption{producer.WithDefaultPriority(schema.LaneBulk)}, "mail.bulk"},
+		{"the request's beats the default", schema.LaneNormal, []producer.PublishOption{producer.WithDefaultPriority(schema.LaneBulk)}, "mail.send"},
+		{"with tokens", schema.LaneBulk, []producer.PublishOption{producer.WithSubjectTokens("acme")}, "mail.bulk.acme"},
+	} {
+		req := &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: tc.priority}
+		if _, _, err := b.p.Publish(t.Context(), req, tc.opts...); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil || m.Subject != tc.want {
+			t.Errorf("%s: published on %v (%v), want %s", tc.name, m, err, tc.want)
+		}
+	}
+	if _, _, err := b.p.Publish(t.Context(), &schema.Request{To: schema.AddressList{"a@example.com"}}, producer.WithPriority("fast")); !errors.Is(err, producer.ErrInvalidOption) {
+		t.Errorf("an unknown priority: %v, want ErrInvalidOption", err)
+	}
+}
+
+// TestPublishJSONWithBatch adds a BatchId to a payload that has none,
+// keeping the rest byte for byte, and leaves one that has its own.
+func TestPublishJSONWithBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, schema.DefaultNames())
+	sub, err := b.js.Conn().SubscribeSync("mail.bulk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		`{"To":"a@example.com"}`:                     `{"BatchId":"news-1","To":"a@example.com"}`,
+		`{"To":"a@example.com","batchid":"own-one"}`: `{"To":"a@example.com","batchid":"own-one"}`,
+	} {
+		if _, _, err := b.p.PublishJSON(t.Context(), []byte(in), producer.WithBatch("news-1"), producer.WithPriority(schema.LaneBulk)); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil || string(m.Data) != want {
+			t.Errorf("published %s (%v), want %s", m.Data, err, want)
+		}
+	}
+}

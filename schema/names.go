@@ -19,9 +19,13 @@ type Names struct {
 	ResultStream string
 	// DeadStream holds the dead letters. Default "JETMAIL_DEAD".
 	DeadStream string
-	// Consumer is the durable pull consumer shared by all workers.
-	// Default "jetmail-worker".
+	// Consumer is the durable pull consumer of the normal lane, shared by
+	// all workers; the urgent and bulk lanes have their own, named after it
+	// (LaneConsumer). Default "jetmail-worker".
 	Consumer string
+	// CancelBucket is the key-value bucket of cancelled Ids and batches
+	// (contract §8). Default "JETMAIL_CANCELLED".
+	CancelBucket string
 }
 
 // DefaultNames returns the names of the contract (§1).
@@ -32,6 +36,7 @@ func DefaultNames() Names {
 		ResultStream:  "JETMAIL_RESULTS",
 		DeadStream:    "JETMAIL_DEAD",
 		Consumer:      "jetmail-worker",
+		CancelBucket:  "JETMAIL_CANCELLED",
 	}
 }
 
@@ -52,7 +57,7 @@ func (n Names) WithDefaults() Names {
 		def string
 	}{
 		{&n.Prefix, d.Prefix}, {&n.RequestStream, d.RequestStream}, {&n.ResultStream, d.ResultStream},
-		{&n.DeadStream, d.DeadStream}, {&n.Consumer, d.Consumer},
+		{&n.DeadStream, d.DeadStream}, {&n.Consumer, d.Consumer}, {&n.CancelBucket, d.CancelBucket},
 	} {
 		if *f.v == "" {
 			*f.v = f.def
@@ -122,6 +127,26 @@ func (n Names) LaneOf(subject string) Lane {
 	}
 	return LaneNormal
 }
+
+// LaneConsumer is the durable consumer of a lane: Consumer for the normal
+// lane (so that v1 deployments keep theirs), Consumer-urgent and
+// Consumer-bulk for the others.
+func (n Names) LaneConsumer(l Lane) string {
+	switch l {
+	case LaneUrgent, LaneBulk:
+		return n.Consumer + "-" + string(l)
+	}
+	return n.Consumer
+}
+
+// ScheduleSubject is the subject on which the request of one Id waits for
+// its SendAt (contract §8): "mail.schedule.<Id>", in the request stream,
+// where no consumer reads it; JetStream publishes it onto its lane's
+// subject when the time comes.
+func (n Names) ScheduleSubject(id string) string { return n.Prefix + ".schedule." + id }
+
+// ScheduleSubjects is the wildcard subject of all waiting schedules.
+func (n Names) ScheduleSubjects() string { return n.Prefix + ".schedule.>" }
 
 // ResultSubject is the subject of the result events of one Id.
 func (n Names) ResultSubject(id string) string { return n.Prefix + ".result." + id }

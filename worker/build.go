@@ -40,6 +40,12 @@ type Envelope struct {
 	Msg *gomail.Msg
 
 	raw []byte // Msg rendered, by render
+
+	// stop, when set, is asked right before the transaction begins
+	// (after waiting for the rate limit and a session): true means the
+	// message was cancelled meanwhile, and Send returns errCancelled
+	// without sending.
+	stop func() bool
 }
 
 // render returns the message as it goes over the wire, rendering it on

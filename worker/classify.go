@@ -90,6 +90,10 @@ func (e *DeliveryError) Unwrap() error { return e.Err }
 // stream without classifying anything.
 var errShutdown = errors.New("worker shutting down")
 
+// errCancelled is returned by a transport that found the message cancelled
+// right before it would have begun the transaction: nothing was sent.
+var errCancelled = errors.New("cancelled before the transaction began")
+
 // errTLSRequired is returned when a connection demands TLS and the server
 // does not offer STARTTLS. The message is never sent in clear.
 var errTLSRequired = errors.New("the server does not offer STARTTLS and the connection requires TLS; not sending in clear")

@@ -2,27 +2,166 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/schema"
 )
 
-// pull feeds jobs from the consumer until ctx ends, then returns what the
-// client had buffered to the stream (the "shutdown before work" row of the
-// decision table), so that another worker takes it at once.
-func (w *Worker) pull(ctx context.Context, cons jetstream.Consumer, jobs chan<- jetstream.Msg) {
+// How the lanes share a worker (contract §7). Each lane has its own
+// durable consumer and a puller goroutine that keeps a small buffer of its
+// messages (Prefetch split between the lanes) and offers the next one in a
+// slot of its own. The dispatcher owns the Concurrency delivery slots, not
+// the lanes: whenever a slot is free it takes the best message on offer,
+// so one busy lane can use the whole worker. Urgent goes before normal
+// before bulk; a lower lane that has a message waiting earns credit on
+// each delivery it is passed over for, and when its credit reaches one
+// delivery it goes first, so it gets at least LaneShare of the deliveries.
+// Retries stay in their lane, as a deferred message is redelivered by its
+// own consumer.
+
+// laneFeed is one lane's offer to the dispatcher.
+type laneFeed struct {
+	lane   schema.Lane
+	offer  chan jetstream.Msg // the puller's next message
+	held   jetstream.Msg      // taken from offer, not yet dispatched
+	credit int                // in thousandths of a delivery
+}
+
+// laneScheduler picks the lane of the next delivery. It is used by the
+// dispatcher goroutine only.
+type laneScheduler struct {
+	feeds []*laneFeed // urgent first
+	gain  int         // credit a waiting lane earns per delivery, in thousandths
+}
+
+// newLaneScheduler makes a scheduler where a waiting lane gets at least
+// share of the deliveries.
+func newLaneScheduler(feeds []*laneFeed, share float64) *laneScheduler {
+	return &laneScheduler{feeds: feeds, gain: int(share*1000 + 0.5)}
+}
+
+// pick chooses among the feeds holding a message. On every delivery each
+// waiting lane below the most urgent waiting one earns share of a delivery
+// (up to one); a lane whose credit reaches a whole delivery goes first and
+// pays it, else the most urgent waiting lane goes. So a waiting lane gets
+// at least share of the deliveries, and the rest go by urgency. A lane
+// that has nothing waiting loses its credit. pick returns nil when no feed
+// holds a message.
+func (s *laneScheduler) pick() *laneFeed {
+	var top, owed *laneFeed
+	for _, f := range s.feeds {
+		switch {
+		case f.held == nil:
+			f.credit = 0
+		case top == nil:
+			top = f
+		default:
+			f.credit = min(f.credit+s.gain, 1000)
+			if f.credit >= 1000 && owed == nil {
+				owed = f
+			}
+		}
+	}
+	if owed != nil {
+		owed.credit -= 1000
+		return owed
+	}
+	return top
+}
+
+// consume runs the lanes' pullers and the dispatcher until ctx ends, each
+// delivery in a goroutine of handlers (at most Concurrency at once). Then
+// it returns what it had taken but not dispatched to the stream.
+func (w *Worker) consume(ctx, hctx context.Context, top *config.Topology, handlers *sync.WaitGroup) {
+	perLane := max(1, (w.cfg.Prefetch+len(config.Lanes)-1)/len(config.Lanes))
+	var pullers sync.WaitGroup
+	var feeds []*laneFeed
+	for _, l := range config.Lanes {
+		f := &laneFeed{lane: l, offer: make(chan jetstream.Msg)}
+		feeds = append(feeds, f)
+		pullers.Go(func() { w.pullLane(ctx, l, top.Consumers[l], perLane, f.offer) })
+	}
+	sched := newLaneScheduler(feeds, w.cfg.LaneShare)
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	defer func() {
+		for _, f := range feeds {
+			if f.held != nil {
+				w.returnToStream(ctx, f.held)
+			}
+		}
+		pullers.Wait()
+	}()
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		f := w.nextOffer(ctx, sched)
+		if f == nil {
+			<-slots
+			return
+		}
+		m := f.held
+		f.held = nil
+		handlers.Go(func() {
+			defer func() { <-slots }()
+			w.handle(hctx, m)
+		})
+	}
+}
+
+// nextOffer takes what every lane offers now and picks one; when none
+// offers anything it waits for the first offer. It returns nil when ctx
+// ends.
+func (w *Worker) nextOffer(ctx context.Context, s *laneScheduler) *laneFeed {
+	for {
+		for _, f := range s.feeds {
+			if f.held == nil {
+				select {
+				case m := <-f.offer:
+					f.held = m
+				default:
+				}
+			}
+		}
+		if f := s.pick(); f != nil {
+			return f
+		}
+		select {
+		case m := <-s.feeds[0].offer:
+			s.feeds[0].held = m
+		case m := <-s.feeds[1].offer:
+			s.feeds[1].held = m
+		case m := <-s.feeds[2].offer:
+			s.feeds[2].held = m
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// pullLane offers the messages of one lane's consumer until ctx ends, then
+// drains the client buffer back to the stream (the "shutdown before work"
+// row of the decision table), so that another worker takes them at once.
+func (w *Worker) pullLane(ctx context.Context, lane schema.Lane, cons jetstream.Consumer, buffer int, offer chan<- jetstream.Msg) {
 	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Prefetch), jetstream.PullHeartbeat(5*time.Second))
+		it, err := cons.Messages(jetstream.PullMaxMessages(buffer), jetstream.PullHeartbeat(5*time.Second))
 		if err != nil {
-			w.log.ErrorContext(ctx, "cannot pull; retrying", "error", err)
+			w.log.ErrorContext(ctx, "cannot pull; retrying", "lane", lane, "error", err)
 			w.ready.Store(false)
 			select {
 			case <-ctx.Done():
 			case <-time.After(2 * time.Second):
 				if top, err := w.cfg.streams().Ensure(ctx, w.js); err == nil {
-					cons = top.Consumer
+					cons = top.Consumers[lane]
 					w.ready.Store(true)
 				}
 			}
@@ -36,10 +175,10 @@ func (w *Worker) pull(ctx context.Context, cons jetstream.Consumer, jobs chan<- 
 					break
 				}
 				if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConnectionClosed) {
-					w.log.WarnContext(ctx, "pull interrupted", "error", err)
+					w.log.WarnContext(ctx, "pull interrupted", "lane", lane, "error", err)
 					continue
 				}
-				w.log.ErrorContext(ctx, "pull failed", "error", err)
+				w.log.ErrorContext(ctx, "pull failed", "lane", lane, "error", err)
 				it.Stop()
 				break
 			}
@@ -48,7 +187,7 @@ func (w *Worker) pull(ctx context.Context, cons jetstream.Consumer, jobs chan<- 
 				continue
 			}
 			select {
-			case jobs <- m:
+			case offer <- m:
 			case <-ctx.Done():
 				w.returnToStream(ctx, m)
 			}
@@ -64,16 +203,30 @@ func (w *Worker) returnToStream(ctx context.Context, m jetstream.Msg) {
 }
 
 // watchPending refreshes the queue gauges and readiness.
-func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
+func (w *Worker) watchPending(ctx context.Context, top *config.Topology) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil {
-			w.metrics.QueuePending.Set(float64(info.NumPending))
-			w.metrics.AckPending.Set(float64(info.NumAckPending))
+		ok := true
+		ackPending := 0
+		for _, l := range config.Lanes {
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := top.Consumers[l].Info(ictx)
+			cancel()
+			if err != nil {
+				ok = false
+				continue
+			}
+			w.metrics.QueuePending.WithLabelValues(string(l)).Set(float64(info.NumPending))
+			ackPending += info.NumAckPending
+		}
+		if ok {
+			w.metrics.AckPending.Set(float64(ackPending))
+		}
+		if n, err := w.countScheduled(ctx); err == nil {
+			w.metrics.Scheduled.Set(float64(n))
+		}
+		if ok {
 			w.ready.Store(true)
 		} else if ctx.Err() == nil {
 			w.ready.Store(false)
@@ -89,6 +242,33 @@ func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
 		case <-tick.C:
 		}
 	}
+}
+
+// countScheduled counts the requests waiting for their SendAt: the
+// subjects of the request stream under mail.schedule.>, one per request.
+// It asks for the total only (nats.go's stream info with a subject filter
+// would page through every subject).
+func (w *Worker) countScheduled(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := json.Marshal(map[string]any{"subjects_filter": w.cfg.Names.ScheduleSubjects()})
+	m, err := w.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.INFO."+w.cfg.Names.RequestStream, req)
+	if err != nil {
+		return 0, err
+	}
+	var resp struct {
+		Total int `json:"total"`
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, err
+	}
+	if resp.Error != nil {
+		return 0, fmt.Errorf("stream info: %s", resp.Error.Description)
+	}
+	return resp.Total, nil
 }
 
 // keepInProgress sends progress acks every AckWait/3 until the returned

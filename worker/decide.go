@@ -35,8 +35,11 @@ const (
 	rowInvalid       row = "invalid"              // breaks the contract: 400, Term
 	rowDuplicateSent row = "already sent"         // dedupe: Ack, no event
 	rowAlreadyFinal  row = "already final"        // this delivery's final failure is stored: Term
+	rowAlreadyGone   row = "already cancelled"    // the Id's cancelled event is stored: Term
+	rowCancelled     row = "cancelled"            // a cancellation mark: 410, Term
 	rowForbidden     row = "sender not allowed"   // 403, dead letter, Term
 	rowOverAttempts  row = "over max attempts"    // delivered again after a crash: 500, dead letter, Term
+	rowScheduled     row = "scheduled"            // SendAt ahead: parked until then, 202 scheduled, Ack
 	rowSend          row = "send"                 // go on: accepted on the first attempt
 	rowShutdown      row = "shutdown during send" // the grace period ran out: Nak, no event
 	rowSent          row = "sent"                 // 250 after DATA: 200, Ack
@@ -48,13 +51,15 @@ const (
 // allRows lists every row, for the table test to check that each has a
 // case.
 var allRows = []row{
-	rowNoMetadata, rowShutdownIdle, rowInvalid, rowDuplicateSent, rowAlreadyFinal, rowForbidden,
-	rowOverAttempts, rowSend, rowShutdown, rowSent, rowDeferred, rowExhausted, rowPermanent,
+	rowNoMetadata, rowShutdownIdle, rowInvalid, rowDuplicateSent, rowAlreadyFinal, rowAlreadyGone,
+	rowCancelled, rowForbidden, rowOverAttempts, rowScheduled, rowSend, rowShutdown, rowSent,
+	rowDeferred, rowExhausted, rowPermanent,
 }
 
 // lastEvent is what dedupe found: the latest stored event of the Id.
 type lastEvent struct {
 	state schema.State
+	seq   uint64 // its sequence in the result stream
 	// sameRequest says it is about this very request message (the same
 	// stream sequence), not an earlier publish of the Id.
 	sameRequest bool
@@ -73,6 +78,9 @@ type facts struct {
 	shutdown   bool       // the worker's grace period ran out (or it stopped before starting)
 	invalid    error      // a *schema.ValidationError or *config.SenderNotAllowedError
 	last       *lastEvent // nil: no event stored yet
+	cancelled  bool       // a cancellation mark names the Id or its batch
+	sendAt     *time.Time // the request must wait until then (not yet parked)
+	envelope   *schema.Envelope
 
 	attempted bool
 	delivery  Delivery
@@ -86,8 +94,13 @@ type decision struct {
 	row   row
 	event *schema.Result
 	dead  bool
-	verb  ackVerb
-	delay time.Duration
+	// park says the request is to be stored on its schedule subject to
+	// wait for its SendAt.
+	park bool
+	// claimedEvent is the event once claim stored it (event is then nil).
+	claimedEvent *schema.Result
+	verb         ackVerb
+	delay        time.Duration
 	// outcome is the requests_total label this delivery adds, if any.
 	outcome string
 }
@@ -102,8 +115,11 @@ type decision struct {
 //	invalid               failed 400 (+Fields)            —     Term       invalid
 //	already sent          —                               —     Ack        duplicate
 //	already final         —                               —     Term       duplicate
+//	already cancelled     —                               —     Term       —
+//	cancelled             cancelled 410                   —     Term       —
 //	sender not allowed    failed 403                      yes   Term       invalid
 //	over max attempts     failed 500                      yes   Term       —
+//	scheduled             scheduled 202 (+SendAt), parked —     Ack        scheduled
 //	send                  accepted 202 on attempt 1       —     (send)     accepted on attempt 1
 //	shutdown during send  —                               —     Nak        —
 //	sent                  sent 200 (+Recipients)          —     Ack        —
@@ -135,6 +151,11 @@ func decide(f facts, p RetryPolicy) decision {
 		return decision{row: rowDuplicateSent, verb: verbAck, outcome: "duplicate"}
 	case f.last != nil && f.last.state == schema.StateFailed && f.last.sameRequest:
 		return decision{row: rowAlreadyFinal, verb: verbTerm, outcome: "duplicate"}
+	case f.last != nil && f.last.state == schema.StateCancelled:
+		return decision{row: rowAlreadyGone, verb: verbTerm}
+	case f.cancelled && !f.attempted:
+		ev.State, ev.Status, ev.Error = schema.StateCancelled, schema.Status410, "cancelled before it was sent"
+		return decision{row: rowCancelled, event: &ev, verb: verbTerm}
 	case forbidden:
 		return fail(rowForbidden, schema.Status403, f.invalid.Error(), true, "invalid")
 	case !f.attempted && f.attempt > p.MaxAttempts:
@@ -142,10 +163,13 @@ func decide(f facts, p RetryPolicy) decision {
 		// the message; do not start another attempt.
 		return fail(rowOverAttempts, schema.Status500,
 			fmt.Sprintf("delivered %d times, more than the %d attempts allowed", f.attempt, p.MaxAttempts), true, "")
+	case !f.attempted && f.sendAt != nil:
+		ev.State, ev.Status, ev.SendAt, ev.Envelope = schema.StateScheduled, schema.Status202, f.sendAt, f.envelope
+		return decision{row: rowScheduled, event: &ev, park: true, verb: verbAck, outcome: "scheduled"}
 	case !f.attempted:
 		d := decision{row: rowSend, verb: verbSend}
 		if f.attempt == 1 {
-			ev.State, ev.Status = schema.StateAccepted, schema.Status202
+			ev.State, ev.Status, ev.Envelope = schema.StateAccepted, schema.Status202, f.envelope
 			d.event, d.outcome = &ev, "accepted"
 		}
 		return d

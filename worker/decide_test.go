@@ -24,6 +24,8 @@ func TestDecide(t *testing.T) {
 	invalid := &schema.ValidationError{Fields: []schema.FieldError{{Field: "To[0]", Message: "not a valid email address"}}}
 	forbidden := &config.SenderNotAllowedError{From: "evil@example.org", Connection: "default"}
 	sent := Delivery{Reply: &schema.SMTPReply{Code: 250, Message: "queued"}}
+	later := t0.Add(24 * time.Hour)
+	envelope := &schema.Envelope{From: "a@example.com", Recipients: []string{"b@example.com"}, Subject: "s"}
 
 	// base returns the facts of attempt n, first seen at t0; mod changes
 	// them.
@@ -67,11 +69,38 @@ func TestDecide(t *testing.T) {
 		{"an earlier publish failed: send again", base(1, func(f *facts) {
 			f.last = &lastEvent{state: schema.StateFailed}
 		}), want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
+		{"already cancelled (by a canceller or another worker)", base(2, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateCancelled}
+		}), want{row: rowAlreadyGone, verb: verbTerm}},
+		{"already cancelled wins over a cancellation mark", base(2, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateCancelled}
+			f.cancelled = true
+		}), want{row: rowAlreadyGone, verb: verbTerm}},
+		{"cancellation mark", base(1, func(f *facts) { f.cancelled = true }),
+			want{rowCancelled, schema.StateCancelled, 410, false, verbTerm, ""}},
+		{"cancellation mark on a retry", base(3, func(f *facts) {
+			f.cancelled = true
+			f.last = &lastEvent{state: schema.StateDeferred}
+		}), want{rowCancelled, schema.StateCancelled, 410, false, verbTerm, ""}},
+		{"cancellation mark wins over the schedule", base(1, func(f *facts) {
+			f.cancelled = true
+			f.sendAt = &later
+		}), want{rowCancelled, schema.StateCancelled, 410, false, verbTerm, ""}},
+		{"invalid wins over a cancellation mark", base(1, func(f *facts) {
+			f.invalid = invalid
+			f.cancelled = true
+		}), want{rowInvalid, schema.StateFailed, 400, false, verbTerm, "invalid"}},
+		{"a cancellation mark that came too late: sent", base(1, func(f *facts) {
+			f.attempted, f.delivery, f.cancelled = true, sent, true
+		}), want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
 		{"sender not allowed", base(1, func(f *facts) { f.invalid = forbidden }),
 			want{rowForbidden, schema.StateFailed, 403, true, verbTerm, "invalid"}},
 		{"delivered more often than MaxAttempts", base(4, func(*facts) {}),
 			want{rowOverAttempts, schema.StateFailed, 500, true, verbTerm, ""}},
-		{"first attempt: accepted", base(1, func(*facts) {}),
+		{"SendAt ahead: scheduled", base(1, func(f *facts) {
+			f.sendAt, f.envelope = &later, envelope
+		}), want{rowScheduled, schema.StateScheduled, 202, false, verbAck, "scheduled"}},
+		{"first attempt: accepted", base(1, func(f *facts) { f.envelope = envelope }),
 			want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
 		{"a retry: no second accepted", base(2, func(*facts) {}),
 			want{row: rowSend, verb: verbSend}},
@@ -119,6 +148,14 @@ func TestDecide(t *testing.T) {
 			case rowInvalid:
 				if len(d.event.Fields) != 1 || d.event.Error == "" {
 					t.Errorf("invalid event without its fields and error: %+v", d.event)
+				}
+			case rowScheduled:
+				if !d.park || d.event.SendAt == nil || !d.event.SendAt.Equal(later) || d.event.Envelope != envelope {
+					t.Errorf("scheduled without parking, SendAt or Envelope: %+v, park %v", d.event, d.park)
+				}
+			case rowSend:
+				if d.event != nil && d.event.Envelope == nil && tc.f.envelope != nil {
+					t.Errorf("accepted without its Envelope: %+v", d.event)
 				}
 			case rowSent:
 				if d.event.Smtp == nil || d.event.Smtp.Code != 250 {

@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -72,8 +74,8 @@ func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.Pu
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 		ack, err := w.js.PublishMsg(tctx, m)
 		tcancel()
-		if err == nil {
-			return ack, nil
+		if err == nil || isWrongLastSequence(err) {
+			return ack, err
 		}
 		select {
 		case <-ctx.Done():
@@ -83,20 +85,66 @@ func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.Pu
 	}
 }
 
-// publishAsync starts storing ev without waiting; settle awaits it.
-func (w *Worker) publishAsync(ctx context.Context, j *job, ev *schema.Result) jetstream.PubAckFuture {
+// errClaimLost is returned by publishClaim when the Id's result subject
+// had another event than expected: someone (a canceller, another worker)
+// got there first.
+var errClaimLost = errors.New("another event was stored first")
+
+// publishClaim stores ev only if the latest event of the Id is still the
+// one at stream sequence expect (0: none), so that a worker and a
+// canceller cannot both think they decided the message: the first event a
+// delivery publishes (accepted, scheduled, cancelled) is such a claim.
+func (w *Worker) publishClaim(ctx context.Context, j *job, ev *schema.Result, expect uint64) (seq uint64, err error) {
 	m, err := w.resultMsg(j, ev)
 	if err != nil {
-		w.log.ErrorContext(ctx, "cannot encode result", "error", err)
-		return nil
+		return 0, err
 	}
-	f, err := w.js.PublishMsgAsync(m)
-	if err != nil {
-		w.log.WarnContext(ctx, "cannot publish result", "id", j.id, "state", ev.State, "error", err)
-		return nil
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
+	ack, err := w.publishDurable(ctx, m)
+	switch {
+	case isWrongLastSequence(err):
+		return 0, errClaimLost
+	case err != nil:
+		return 0, fmt.Errorf("publish %s result: %w", ev.State, err)
 	}
-	w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
-	return f
+	if !ack.Duplicate {
+		w.metrics.Results.WithLabelValues(string(ev.State), ev.Status.String()).Inc()
+	}
+	return ack.Sequence, nil
+}
+
+// isWrongLastSequence reports whether err is JetStream's refusal of a
+// conditional publish (10071, or 10164 on a replicated stream).
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// headerRequestID carries a request's Id on its parked copy, whose
+// Nats-Msg-Id JetStream removes when the schedule fires.
+const headerRequestID = "Jetmail-Id"
+
+// publishSchedule parks the request of j on its schedule subject until
+// sendAt: JetStream then publishes it, unchanged but for the schedule
+// headers, onto the lane subject it arrived on (contract §8). A schedule
+// published twice (a redelivery) replaces itself.
+func (w *Worker) publishSchedule(ctx context.Context, j *job, sendAt time.Time) error {
+	m := nats.NewMsg(w.cfg.Names.ScheduleSubject(j.id))
+	m.Data = j.data
+	for k, v := range j.msg.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			m.Header[k] = v
+		}
+	}
+	m.Header.Set(headerRequestID, j.id)
+	m.Header.Set("Nats-Schedule", "@at "+sendAt.UTC().Format(time.RFC3339Nano))
+	m.Header.Set("Nats-Schedule-Target", j.msg.Subject())
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.schedule.%d", j.id, j.seq))
+	if _, err := w.publishDurable(ctx, m); err != nil {
+		return fmt.Errorf("park until %s: %w", sendAt.Format(time.RFC3339), err)
+	}
+	return nil
 }
 
 // publishDead copies the request with its final result to mail.dead.<Id>.

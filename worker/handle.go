@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,6 @@ type job struct {
 	attempt   int
 	firstSeen time.Time
 	data      []byte
-	accepted  jetstream.PubAckFuture // the 202 accepted event, awaited before settling
 	// stopProgress stops the progress acks; settle calls it before the
 	// ack verb, handle when it returns.
 	stopProgress func()
@@ -57,20 +57,30 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	req, err := w.admission.Parse(j.data)
 	j.id = requestID(req, msg.Headers(), meta)
 	f := facts{
-		base:      schema.Result{Id: j.id, Attempt: j.attempt},
+		base:      schema.Result{Id: j.id, Attempt: j.attempt, Lane: w.cfg.Names.LaneOf(msg.Subject())},
 		attempt:   j.attempt,
 		firstSeen: j.firstSeen,
 		now:       w.now(),
 		shutdown:  errors.Is(context.Cause(ctx), errShutdown),
 		invalid:   err,
 	}
+	var env *Envelope
 	if req != nil {
 		req.Id = j.id
-		f.base.Metadata = req.Metadata
+		f.base.Metadata, f.base.BatchId = req.Metadata, req.BatchId
+		f.cancelled = w.cancels.cancelled(j.id, req.BatchId)
 	}
-	var env *Envelope
 	if f.invalid == nil {
-		f.last = w.dedupe(ctx, j)
+		// A first delivery claims the Id with a conditional publish of
+		// its first event instead of looking up the latest event (claim):
+		// one JetStream operation fewer on the common path. Where events
+		// are to be expected (a retry, a schedule that fired, a
+		// cancellation mark) the latest one is looked up first, so that
+		// the conditional publish rarely loses: a core NATS subscriber to
+		// the result subjects sees a publish that JetStream refused too.
+		if j.attempt > 1 || f.cancelled || msg.Headers().Get("Nats-Scheduler") != "" {
+			f.last = w.dedupe(ctx, j)
+		}
 		_, f.invalid = w.admission.CheckSender(req)
 	}
 	if f.invalid == nil {
@@ -79,31 +89,114 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			f.invalid = &schema.ValidationError{Fields: []schema.FieldError{{Field: "From", Message: err.Error()}}}
 		} else {
 			f.base.MessageId = "<" + env.MessageID + ">"
+			f.envelope = &schema.Envelope{From: env.From, Recipients: env.To, Subject: req.Subject}
+		}
+		// A request waits for its SendAt unless JetStream just published
+		// it because the time has come (it then carries Nats-Scheduler).
+		if req.SendAt != nil && req.SendAt.After(f.now.Add(time.Second)) && msg.Headers().Get("Nats-Scheduler") == "" {
+			f.sendAt = req.SendAt
 		}
 	}
-	d := decide(f, w.cfg.Retry)
-	if d.verb == verbSend {
-		if d.event != nil {
-			j.accepted = w.publishAsync(ctx, j, d.event)
+	d, ok := w.claim(ctx, j, &f, decide(f, w.cfg.Retry))
+	if !ok {
+		return // the first event could not be stored: JetStream redelivers
+	}
+	if d.verb == verbSend && w.cancels.cancelled(j.id, f.base.BatchId) {
+		// The last look before the transaction begins.
+		f.cancelled = true
+		if d, ok = w.claim(ctx, j, &f, decide(f, w.cfg.Retry)); !ok {
+			return
 		}
+	}
+	if d.verb == verbSend {
 		if d.outcome != "" {
 			w.metrics.Requests.WithLabelValues(d.outcome).Inc()
 		}
+		env.stop = func() bool { return w.cancels.cancelled(j.id, f.base.BatchId) }
 		f.attempted = true
 		f.delivery, f.failure = w.send(ctx, j, env)
 		f.now = w.now()
 		f.shutdown = errors.Is(context.Cause(ctx), errShutdown)
-		d = decide(f, w.cfg.Retry)
+		if f.failure != nil && errors.Is(f.failure, errCancelled) {
+			// Cancelled while it waited for the rate limit or a session:
+			// nothing was sent.
+			f.attempted, f.failure, f.cancelled = false, nil, true
+			if d, ok = w.claim(ctx, j, &f, decide(f, w.cfg.Retry)); !ok {
+				return
+			}
+		} else {
+			d = decide(f, w.cfg.Retry)
+		}
 	}
 	w.settle(ctx, j, d)
 }
 
-// requestID is the Id of a request: its Id key; else the Nats-Msg-Id
-// header when that is a valid Id; else one derived from the stream
-// position, which stays the same on every redelivery.
+// claims are the rows whose event is the message's first word on the
+// matter, published conditionally (publishClaim) because a canceller may be
+// publishing another at the same moment.
+func claims(d decision) bool {
+	return d.event != nil && (d.row == rowSend || d.row == rowScheduled || d.row == rowCancelled)
+}
+
+// claim publishes the event of a claiming decision conditionally on the
+// latest event the facts know of. When another event came first it looks
+// the latest one up and decides again (a canceller may have cancelled the
+// message, or this is an Id that has events already: a fired schedule, a
+// re-publish), up to three times. It returns the decision to carry out,
+// its event already stored (event nil), and ok false when the event could
+// not be stored at all, in which case the message is left for JetStream to
+// redeliver.
+func (w *Worker) claim(ctx context.Context, j *job, f *facts, d decision) (decision, bool) {
+	for range 3 {
+		if !claims(d) {
+			return d, true
+		}
+		var expect uint64
+		if f.last != nil {
+			expect = f.last.seq
+		}
+		if d.event.Time.IsZero() {
+			d.event.Time = w.now()
+		}
+		seq, err := w.publishClaim(ctx, j, d.event, expect)
+		if err == nil {
+			f.last = &lastEvent{state: d.event.State, seq: seq, sameRequest: true}
+			return w.claimed(d), true
+		}
+		if !errors.Is(err, errClaimLost) {
+			w.log.ErrorContext(ctx, "cannot store result; leaving the message for redelivery", "id", j.id, "state", d.event.State, "error", err)
+			return d, false
+		}
+		f.last = w.dedupe(ctx, j)
+		if f.last != nil && f.last.sameRequest && f.last.state == d.event.State {
+			return w.claimed(d), true // stored by an earlier try whose answer was lost
+		}
+		d = decide(*f, w.cfg.Retry)
+	}
+	w.log.WarnContext(ctx, "the result subject keeps changing; leaving the message for redelivery", "id", j.id)
+	return d, false
+}
+
+// claimed is d with its (stored) event counted and removed, so that settle
+// does not publish it again.
+func (w *Worker) claimed(d decision) decision {
+	if d.row == rowCancelled {
+		w.metrics.Cancelled.Inc()
+	}
+	d.event, d.claimedEvent = nil, d.event
+	return d
+}
+
+// requestID is the Id of a request: its Id key; else the Jetmail-Id header
+// of a parked request; else the Nats-Msg-Id header when that is a valid Id;
+// else one derived from the stream position, which stays the same on every
+// redelivery.
 func requestID(req *schema.Request, h nats.Header, meta *jetstream.MsgMetadata) string {
 	if req != nil && schema.ValidID(req.Id) {
 		return req.Id
+	}
+	if v := h.Get(headerRequestID); schema.ValidID(v) {
+		return v // a parked request, whose Nats-Msg-Id JetStream removed
 	}
 	if v := h.Get(jetstream.MsgIDHeader); schema.ValidID(v) {
 		return v
@@ -127,7 +220,7 @@ func (w *Worker) dedupe(ctx context.Context, j *job) *lastEvent {
 	if err := json.Unmarshal(raw.Data, &last); err != nil {
 		return nil
 	}
-	return &lastEvent{state: last.State, sameRequest: raw.Header.Get(headerRequestSeq) == strconv.FormatUint(j.seq, 10)}
+	return &lastEvent{state: last.State, seq: raw.Sequence, sameRequest: raw.Header.Get(headerRequestSeq) == strconv.FormatUint(j.seq, 10)}
 }
 
 // send hands env to the transport and classifies what happened, counting
@@ -139,6 +232,9 @@ func (w *Worker) send(ctx context.Context, j *job, env *Envelope) (Delivery, *De
 	elapsed := time.Since(start)
 	if errors.Is(context.Cause(ctx), errShutdown) {
 		return res, nil // decide sees the shutdown; the outcome does not count
+	}
+	if errors.Is(err, errCancelled) {
+		return res, Classify(err) // nothing was sent: not an attempt, not counted
 	}
 	de := Classify(err)
 	outcome := "ok"
@@ -174,17 +270,6 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 	if d.outcome != "" {
 		w.metrics.Requests.WithLabelValues(d.outcome).Inc()
 	}
-	if j.accepted != nil {
-		timer := time.NewTimer(10 * time.Second)
-		select {
-		case <-j.accepted.Ok():
-		case err := <-j.accepted.Err():
-			log().WarnContext(ctx, "accepted event not stored", "error", err)
-		case <-timer.C:
-			log().WarnContext(ctx, "accepted event not acknowledged in time")
-		}
-		timer.Stop()
-	}
 	if d.event != nil && d.event.Time.IsZero() {
 		d.event.Time = w.now()
 	}
@@ -196,14 +281,20 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 			return
 		}
 	}
+	if d.park {
+		if err := w.publishSchedule(ctx, j, *d.claimedEvent.SendAt); err != nil {
+			log().ErrorContext(ctx, "cannot park the request; leaving it for redelivery", "error", err)
+			return
+		}
+	}
 	if d.event != nil {
 		if err := w.publishResult(ctx, j, d.event); err != nil {
 			log().ErrorContext(ctx, "cannot store result; leaving the message for redelivery", "state", d.event.State, "error", err)
 			return
 		}
-		if d.event.Final() {
-			w.metrics.DeliveryLatency.Observe(d.event.Time.Sub(j.firstSeen).Seconds())
-		}
+	}
+	if ev := cmp.Or(d.event, d.claimedEvent); ev != nil && ev.Final() {
+		w.metrics.DeliveryLatency.Observe(ev.Time.Sub(j.firstSeen).Seconds())
 	}
 	// A progress ack after NakWithDelay would restart AckWait and undo
 	// the delay.
@@ -224,14 +315,14 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 	}
 	// Failures and retries are logged at info; a sent message only at
 	// debug, as its result event already records it.
-	if d.event != nil {
+	if ev := cmp.Or(d.event, d.claimedEvent); ev != nil {
 		level := slog.LevelInfo
-		if d.event.State == schema.StateSent {
+		if ev.State == schema.StateSent {
 			level = slog.LevelDebug
 		}
 		if w.log.Enabled(ctx, level) {
-			w.log.Log(ctx, level, "result", "id", j.id, "attempt", j.attempt, "state", d.event.State,
-				"status", int(d.event.Status), "verb", d.verb.String())
+			w.log.Log(ctx, level, "result", "id", j.id, "attempt", j.attempt, "state", ev.State,
+				"status", int(ev.Status), "verb", d.verb.String())
 		}
 	}
 	if w.onDecision != nil {

@@ -24,9 +24,14 @@ type Metrics struct {
 	DeliveryLatency prometheus.Histogram
 	// Inflight is the number of messages the worker holds now.
 	Inflight prometheus.Gauge
-	// QueuePending is the number of requests waiting in the stream for the
-	// consumer, refreshed periodically.
-	QueuePending prometheus.Gauge
+	// QueuePending is the number of requests waiting in the stream for a
+	// worker, by lane, refreshed periodically.
+	QueuePending *prometheus.GaugeVec
+	// Scheduled is the number of requests waiting for their SendAt,
+	// refreshed periodically.
+	Scheduled prometheus.Gauge
+	// Cancelled counts messages a worker ended as cancelled (410).
+	Cancelled prometheus.Counter
 	// AckPending is the number of requests taken by workers and not yet
 	// settled, including those waiting for a retry (deferred), refreshed
 	// periodically. It must stay below the consumer's MaxAckPending.
@@ -47,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "jetmail", Name: "requests_total",
-			Help: "Requests taken off the stream, by outcome (accepted, invalid, duplicate).",
+			Help: "Requests taken off the stream, by outcome (accepted, invalid, duplicate, scheduled).",
 		}, []string{"outcome"}),
 		Results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "jetmail", Name: "results_total",
@@ -71,9 +76,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "jetmail", Name: "inflight",
 			Help: "Messages this worker holds now.",
 		}),
-		QueuePending: prometheus.NewGauge(prometheus.GaugeOpts{
+		QueuePending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "jetmail", Name: "queue_pending",
-			Help: "Requests waiting in the stream for the consumer.",
+			Help: "Requests waiting in the stream for a worker, by lane.",
+		}, []string{"lane"}),
+		Scheduled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "jetmail", Name: "scheduled",
+			Help: "Requests waiting for their SendAt.",
+		}),
+		Cancelled: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "cancelled_total",
+			Help: "Messages a worker ended as cancelled (410).",
 		}),
 		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "jetmail", Name: "ack_pending",
@@ -94,10 +107,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
-			m.DeliveryLatency, m.Inflight, m.QueuePending, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters)
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters)
 	}
-	for _, o := range []string{"accepted", "invalid", "duplicate"} {
+	for _, o := range []string{"accepted", "invalid", "duplicate", "scheduled"} {
 		m.Requests.WithLabelValues(o)
+	}
+	for _, l := range []string{"urgent", "normal", "bulk"} {
+		m.QueuePending.WithLabelValues(l)
 	}
 	return m
 }

@@ -355,11 +355,12 @@ jetmail_results_total{state="accepted",status="202"} 13
 jetmail_results_total{state="failed",status="400"} 1
 jetmail_results_total{state="failed",status="404"} 3
 jetmail_results_total{state="sent",status="200"} 10
-# HELP jetmail_requests_total Requests taken off the stream, by outcome (accepted, invalid, duplicate).
+# HELP jetmail_requests_total Requests taken off the stream, by outcome (accepted, invalid, duplicate, scheduled).
 # TYPE jetmail_requests_total counter
 jetmail_requests_total{outcome="accepted"} 13
 jetmail_requests_total{outcome="duplicate"} 0
 jetmail_requests_total{outcome="invalid"} 1
+jetmail_requests_total{outcome="scheduled"} 0
 # HELP jetmail_smtp_attempts_total SMTP delivery attempts, by connection and outcome (ok, transient, permanent).
 # TYPE jetmail_smtp_attempts_total counter
 jetmail_smtp_attempts_total{connection="default",outcome="ok"} 10

@@ -357,6 +357,10 @@ func (p *smtpPool) send(ctx context.Context, env *Envelope) (Delivery, error) {
 		if err != nil {
 			return Delivery{}, err
 		}
+		if env.stop != nil && env.stop() {
+			p.put(s)
+			return Delivery{}, errCancelled
+		}
 		tx := p.transaction(ctx, s)
 		d, err := tx.run(env)
 		tx.close()

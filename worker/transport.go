@@ -48,6 +48,9 @@ func (t *FileTransport) Dir() string { return t.dir }
 
 // Send writes the message to <dir>/<Id>.eml.
 func (t *FileTransport) Send(_ context.Context, env *Envelope) (Delivery, error) {
+	if env.stop != nil && env.stop() {
+		return Delivery{}, errCancelled
+	}
 	tmp, err := os.CreateTemp(t.dir, ".tmp-"+env.ID+"-*")
 	if err != nil {
 		return Delivery{}, withOp(OpFile, fmt.Errorf("create temporary file: %w", err))

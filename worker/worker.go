@@ -36,9 +36,13 @@ type Config struct {
 	// Concurrency is the number of deliveries in flight. Default 16.
 	Concurrency int
 	// Prefetch is how many messages the client buffers ahead of the
-	// handlers. Zero means Concurrency. Keep it small: a buffered message's
-	// AckWait runs while it waits.
+	// handlers, split between the three lanes. Zero means Concurrency.
+	// Keep it small: a buffered message's AckWait runs while it waits.
 	Prefetch int
+	// LaneShare is the least share of the deliveries that a lane with
+	// requests waiting gets while more urgent lanes have work too
+	// (contract §7). Default 0.1; it must be below 0.5.
+	LaneShare float64
 	// Retry is the retry policy; zero fields take DefaultRetryPolicy's.
 	Retry RetryPolicy
 	// GracePeriod is how long a stopping worker lets in-flight deliveries
@@ -88,6 +92,7 @@ func DefaultConfig() Config {
 		Names:           schema.DefaultNames(),
 		Outbox:          "./outbox",
 		Concurrency:     16,
+		LaneShare:       0.1,
 		Retry:           DefaultRetryPolicy(),
 		GracePeriod:     30 * time.Second,
 		AckWait:         60 * time.Second,
@@ -143,6 +148,9 @@ func (c Config) withDefaults() Config {
 	str(&c.Outbox, d.Outbox)
 	num(&c.Concurrency, d.Concurrency)
 	num(&c.Prefetch, c.Concurrency)
+	if c.LaneShare == 0 {
+		c.LaneShare = d.LaneShare
+	}
 	c.Retry = c.Retry.withDefaults()
 	dur(&c.GracePeriod, d.GracePeriod)
 	dur(&c.AckWait, d.AckWait)
@@ -187,6 +195,9 @@ func (c Config) Validate() error {
 	if c.Prefetch < 1 {
 		bad("Prefetch", "must be at least 1, got %d", c.Prefetch)
 	}
+	if c.LaneShare <= 0 || c.LaneShare >= 0.5 {
+		bad("LaneShare", "must be above 0 and below 0.5, got %g", c.LaneShare)
+	}
 	errs = append(errs, c.Retry.validate()...)
 	if c.GracePeriod < 0 {
 		bad("GracePeriod", "must not be negative, got %s", c.GracePeriod)
@@ -229,7 +240,6 @@ func (c Config) streams() config.Streams {
 		DuplicateWindow: c.DuplicateWindow,
 		ResultMaxAge:    c.ResultMaxAge,
 		DeadMaxAge:      c.DeadMaxAge,
-		MaxRequestBytes: c.Limits.MaxRequestBytes,
 		AckWait:         c.AckWait,
 		// MaxAttempts is enforced in code; this is a backstop a few
 		// deliveries above it, so the server never stops redelivering
@@ -253,6 +263,7 @@ type Worker struct {
 	now       func() time.Time
 
 	results jetstream.Stream // for dedupe look-ups (direct get)
+	cancels *cancelSet       // the cancellation marks
 	ready   atomic.Bool
 
 	// onDecision, when set by tests, is called after each message is
@@ -270,7 +281,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	w := &Worker{cfg: cfg, js: js, log: logger, metrics: NewMetrics(reg), now: time.Now}
+	w := &Worker{cfg: cfg, js: js, log: logger, metrics: NewMetrics(reg), now: time.Now, cancels: newCancelSet()}
 	w.gatherer = cfg.Gatherer
 	if w.gatherer == nil {
 		if g, ok := reg.(prometheus.Gatherer); ok {
@@ -330,29 +341,27 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.results = top.Results
-	w.ready.Store(true)
-	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
-
 	if w.smtp != nil {
 		bg.Go(func() { _ = w.smtp.Run(bgCtx) })
 	}
-	bg.Go(func() { w.watchPending(bgCtx, top.Consumer) })
+	bg.Go(func() { w.cancels.watch(bgCtx, top.Cancelled, w.log) })
+	// No delivery before the cancellation marks are in: a cancelled
+	// message must never be sent.
+	select {
+	case <-w.cancels.loaded:
+	case <-ctx.Done():
+		return nil
+	}
+	w.ready.Store(true)
+	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
+	bg.Go(func() { w.watchPending(bgCtx, top) })
 
 	// Handlers outlive ctx by up to GracePeriod.
 	hctx, cancelHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelHandlers(nil)
-	jobs := make(chan jetstream.Msg)
 	var handlers sync.WaitGroup
-	for range w.cfg.Concurrency {
-		handlers.Go(func() {
-			for m := range jobs {
-				w.handle(hctx, m)
-			}
-		})
-	}
 	w.log.InfoContext(ctx, "worker started", "config", w.cfg)
-	w.pull(ctx, top.Consumer, jobs) // returns when ctx ends
-	close(jobs)
+	w.consume(ctx, hctx, top, &handlers) // returns when ctx ends
 
 	done := make(chan struct{})
 	go func() { handlers.Wait(); close(done) }()
