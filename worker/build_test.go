@@ -15,7 +15,8 @@ import (
 
 const polish = "Zażółć gęślą jaźń"
 
-// render builds req and writes it out as the SMTP server would receive it.
+// render builds req and renders it as the transports send it: the bytes
+// of DATA before dot-stuffing, DKIM signatures included.
 func render(t testing.TB, req *schema.Request, opts BuildOptions) (*Envelope, []byte) {
 	t.Helper()
 	if err := req.Validate(); err != nil {
@@ -25,11 +26,11 @@ func render(t testing.TB, req *schema.Request, opts BuildOptions) (*Envelope, []
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
-	var buf bytes.Buffer
-	if _, err := env.Msg.WriteTo(&buf); err != nil {
-		t.Fatalf("WriteTo: %v", err)
+	raw, err := env.render()
+	if err != nil {
+		t.Fatalf("render: %v", err)
 	}
-	return env, buf.Bytes()
+	return env, raw
 }
 
 func addrStrings(l []*mail.Address) []string {
