@@ -1,7 +1,6 @@
-// Package dkim holds jetmail's DKIM signing keys (RFC 6376) and the DNS
-// records that publish them: loading a key file, generating a key, and
-// formatting the TXT record. Signing itself happens where messages are
-// rendered (package worker, with go-mail's DKIM signer).
+// Package dkim holds jetmail's DKIM signing (RFC 6376): the keys and the
+// DNS records that publish them (loading a key file, generating a key,
+// formatting the TXT record), and Sign, which signs a rendered message.
 //
 // Two algorithms are supported, and a domain may use both at once:
 // rsa-sha256 with keys of 2048 to 4096 bits (RFC 8301 forbids less than
@@ -18,7 +17,8 @@
 //	if err := dkim.WriteKeyFile("/run/secrets/dkim-s2026.pem", pemBytes); err != nil { … }
 //	fmt.Println(record) // s2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=…"
 //
-// A worker then loads it with [LoadKeyFile], whose errors name the file.
+// A worker then loads it with [LoadKeyFile], whose errors name the file,
+// and signs with [Sign].
 //
 // Keys never show their private half: a [Key] prints, formats and logs as
 // its DNS name and algorithm only, and no error of this package includes
@@ -89,11 +89,13 @@ type Key struct {
 
 type privateKey struct{ signer crypto.Signer }
 
-// NewKey returns the key for domain and selector that signs with signer,
-// which must be an *rsa.PrivateKey of MinRSABits to MaxRSABits bits or an
-// ed25519.PrivateKey (the types go-mail's DKIM signer accepts). Domain may
-// be given in Unicode (it is stored as its A-label) and with a trailing
-// dot.
+// NewKey returns the key for domain and selector that signs with signer:
+// an RSA key of MinRSABits to MaxRSABits bits or an Ed25519 key, by its
+// public key, such as an *rsa.PrivateKey or an ed25519.PrivateKey, or a
+// signer that keeps its key elsewhere (an Ed25519 signer must sign the
+// message it is given, as ed25519.PrivateKey does with crypto.Hash(0)).
+// Domain may be given in Unicode (it is stored as its A-label) and with a
+// trailing dot. The error wraps ErrUnsupportedKey for an unsupported key.
 func NewKey(domain, selector string, signer crypto.Signer) (*Key, error) {
 	d, err := normaliseDomain(domain)
 	if err != nil {
@@ -224,21 +226,23 @@ func ParsePrivateKey(pemBytes []byte) (crypto.Signer, error) {
 	return signer, nil
 }
 
-// checkSigner checks that signer is a key this package signs with.
+// checkSigner checks that signer is a key this package signs with, by its
+// public key.
 func checkSigner(signer crypto.Signer) error {
-	switch k := signer.(type) {
-	case *rsa.PrivateKey:
+	if signer == nil {
+		return fmt.Errorf("%w: no key", ErrUnsupportedKey)
+	}
+	switch k := signer.Public().(type) {
+	case *rsa.PublicKey:
 		if bits := k.N.BitLen(); bits < MinRSABits || bits > MaxRSABits {
 			return fmt.Errorf("%w: RSA key of %d bits, want %d to %d", ErrUnsupportedKey, bits, MinRSABits, MaxRSABits)
 		}
 		return nil
-	case ed25519.PrivateKey:
-		if len(k) != ed25519.PrivateKeySize {
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
 			return fmt.Errorf("%w: Ed25519 key of %d bytes", ErrUnsupportedKey, len(k))
 		}
 		return nil
-	case nil:
-		return fmt.Errorf("%w: no key", ErrUnsupportedKey)
 	}
 	return fmt.Errorf("%w: %T, want an RSA or Ed25519 private key", ErrUnsupportedKey, signer)
 }
