@@ -36,21 +36,38 @@ type Envelope struct {
 	To []string
 	// MessageID is the Message-ID header's value without angle brackets.
 	MessageID string
-	// Msg is the message itself.
+	// Msg is the message itself. Msg.WriteTo writes it without DKIM
+	// signatures: the transports send what render returns, which has them.
 	Msg *gomail.Msg
 
-	raw []byte // Msg rendered, by render
+	dkim *dkimSigning // nil: not signed
+	raw  []byte       // Msg rendered (and signed), by render
 }
 
-// render returns the message as it goes over the wire, rendering it on
-// the first call.
+// render returns the message as it goes over the wire (before
+// dot-stuffing), with its DKIM signatures, rendering and signing it on the
+// first call.
 func (e *Envelope) render() ([]byte, error) {
 	if e.raw == nil {
 		var buf bytes.Buffer
 		if _, err := e.Msg.WriteTo(&buf); err != nil {
 			return nil, fmt.Errorf("render message: %w", err)
 		}
-		e.raw = buf.Bytes()
+		// go-mail ends a single-part message where its body ends; SMTP
+		// would add the CRLF after signing, so add it here and send
+		// exactly the bytes that were signed.
+		if !bytes.HasSuffix(buf.Bytes(), []byte("\r\n")) {
+			buf.WriteString("\r\n")
+		}
+		raw := buf.Bytes()
+		if e.dkim != nil {
+			signed, err := e.dkim.sign(raw, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			raw = signed
+		}
+		e.raw = raw
 	}
 	return e.raw, nil
 }
@@ -63,6 +80,9 @@ type BuildOptions struct {
 	// first published, so that the message is the same on every attempt.
 	// Zero means now.
 	Date time.Time
+	// DKIM signs the message with the connection's keys for the sender's
+	// domain, if it has any (see DKIMSigner); nil signs nothing.
+	DKIM *DKIMSigner
 }
 
 // errNoSender is returned by Build when neither the request nor the
@@ -73,8 +93,11 @@ var errNoSender = errors.New("no From and the connection has no default sender")
 // subjects (RFC 2047), HTML with a plain-text alternative, attachments and
 // inline parts with Content-ID, file names in RFC 2231, Importance and
 // X-Priority, Reply-To, the extra headers, a Message-ID derived from the Id
-// (so the same on every retry) and Date. req must have passed Validate;
-// Build's errors then only concern the sender.
+// (so the same on every retry) and Date. Every header field that carries
+// request text reads back exactly as the request gave it (see textValue,
+// addressValue and fileParams). When opts.DKIM has keys for the sender's
+// domain, the message is signed as it is rendered for the transport. req
+// must have passed Validate; Build's errors then only concern the sender.
 func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 	fromStr := req.From
 	if fromStr == "" {
@@ -89,6 +112,9 @@ func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 	}
 	m := gomail.NewMsg(gomail.WithCharset(gomail.CharsetUTF8), gomail.WithNoDefaultUserAgent())
 	env := &Envelope{ID: req.Id, Connection: req.Connection, From: from.Address, Msg: m}
+	if domain, keys := opts.DKIM.keysFor(from.Address); len(keys) > 0 {
+		env.dkim = &dkimSigning{signer: opts.DKIM, domain: domain, keys: keys}
+	}
 	// The address fields are preformatted (addressValue), not go-mail's
 	// address headers, which go-mail would write with net/mail's encoding
 	// and its own folding.

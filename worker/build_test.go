@@ -170,7 +170,8 @@ func TestBuildPlainAndDefaults(t *testing.T) {
 	if env.From != "noreply@example.org" || pm.Subject != polish {
 		t.Errorf("from %q subject %q", env.From, pm.Subject)
 	}
-	if len(pm.Parts) != 1 || pm.Parts[0].ContentType != "text/plain" || string(pm.Parts[0].Body) != polish+"\r\nline two" {
+	// The message ends with a CRLF, as SMTP delivers it.
+	if len(pm.Parts) != 1 || pm.Parts[0].ContentType != "text/plain" || string(pm.Parts[0].Body) != polish+"\r\nline two\r\n" {
 		t.Errorf("parts = %+v", pm.Parts)
 	}
 	for _, h := range []string{"Importance", "X-Priority", "Reply-To", "Cc"} {
