@@ -5,12 +5,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"html"
 	"maps"
 	"mime"
 	"net/mail"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	gomail "github.com/wneessen/go-mail"
+	"golang.org/x/net/html"
 
 	"github.com/jetmail/jetmail/schema"
 )
@@ -673,41 +672,118 @@ func messageID(id, from string) string {
 	return id + ".jetmail@" + domain
 }
 
-var (
-	reDropBlocks = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)\s*>`)
-	reLink       = regexp.MustCompile(`(?is)<a\b[^>]*\bhref\s*=\s*["']([^"']+)["'][^>]*>(.*?)</a\s*>`)
-	reBreak      = regexp.MustCompile(`(?i)<br\s*/?>`)
-	reBlockEnd   = regexp.MustCompile(`(?i)</(p|div|h[1-6]|tr|table|blockquote|pre|ul|ol)\s*>`)
-	reListItem   = regexp.MustCompile(`(?i)<li\b[^>]*>`)
-	reTag        = regexp.MustCompile(`(?s)<[^>]*>`)
-	reSpaces     = regexp.MustCompile(`[ \t\r\f\v]+`)
-	reBlankLines = regexp.MustCompile(`\n\s*\n\s*\n+`)
-)
-
-// htmlToText derives the plain-text alternative of an HTML body: scripts and
-// styles dropped, links kept as "text (url)", block ends as line breaks,
-// entities decoded.
+// htmlToText derives the plain-text alternative of an HTML body with
+// golang.org/x/net/html's tokenizer, so that comments, ">" inside
+// attribute values and unclosed elements are read as a browser reads them:
+// script, style, head, title and template are dropped; a link becomes
+// "text (url)" (its text alone when the text is the address or the link
+// is a cid: reference); br is a line break; the start and end of a block
+// (p, div, h1-h6, table, tr, blockquote, pre, ul, ol, hr…) are a blank
+// line; a list item starts a line with "- "; table cells are separated by
+// a space; entities are decoded. Runs of spaces and tabs become one space,
+// lines are trimmed and no more than one blank line is kept; the text's
+// own line breaks stay.
 func htmlToText(s string) string {
-	s = reDropBlocks.ReplaceAllString(s, "")
-	s = reLink.ReplaceAllStringFunc(s, func(m string) string {
-		sub := reLink.FindStringSubmatch(m)
-		text := strings.TrimSpace(reTag.ReplaceAllString(sub[2], ""))
-		href := sub[1]
-		if text == "" || text == href || strings.HasPrefix(href, "cid:") {
-			return text
+	var out, link strings.Builder
+	var href string
+	inLink := false
+	skip, skipDepth := "", 0 // the element being dropped, and how deep
+	w := &out
+	z := html.NewTokenizer(strings.NewReader(s))
+	for {
+		tt := z.Next()
+		if tt == html.ErrorToken {
+			break // io.EOF: the tokenizer takes any input
 		}
-		return text + " (" + href + ")"
-	})
-	s = reBreak.ReplaceAllString(s, "\n")
-	s = reBlockEnd.ReplaceAllString(s, "\n\n")
-	s = reListItem.ReplaceAllString(s, "\n- ")
-	s = reTag.ReplaceAllString(s, "")
-	s = html.UnescapeString(s)
-	lines := strings.Split(s, "\n")
-	for i, l := range lines {
-		lines[i] = strings.TrimSpace(reSpaces.ReplaceAllString(l, " "))
+		tok := z.Token()
+		name := tok.Data
+		if skip != "" {
+			switch {
+			case tt == html.StartTagToken && name == skip:
+				skipDepth++
+			case tt == html.EndTagToken && name == skip:
+				skipDepth--
+			case skip == "head" && tt == html.StartTagToken && name == "body":
+				skipDepth = 0 // a head left open ends where the body starts
+			}
+			if skipDepth == 0 {
+				skip = ""
+			}
+			continue
+		}
+		switch tt {
+		case html.TextToken:
+			w.WriteString(strings.ReplaceAll(tok.Data, "\u00a0", " "))
+		case html.StartTagToken, html.SelfClosingTagToken, html.EndTagToken:
+			start := tt != html.EndTagToken
+			switch name {
+			case "script", "style", "head", "title", "template":
+				if tt == html.StartTagToken {
+					skip, skipDepth = name, 1
+				}
+			case "a":
+				if inLink { // a link never holds another: close the first
+					out.WriteString(linkText(link.String(), href))
+					inLink, w = false, &out
+				}
+				if tt == html.StartTagToken {
+					href, inLink, w = "", true, &link
+					link.Reset()
+					for _, a := range tok.Attr {
+						if a.Key == "href" {
+							href = strings.TrimSpace(a.Val)
+						}
+					}
+				}
+			case "br":
+				w.WriteString("\n")
+			case "li":
+				if start {
+					w.WriteString("\n- ")
+				}
+			case "td", "th":
+				if !start {
+					w.WriteString(" ")
+				}
+			case "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "table", "tr", "blockquote", "pre", "ul", "ol",
+				"hr", "section", "article", "header", "footer", "address", "dl", "dt", "dd", "figure", "form":
+				w.WriteString("\n\n")
+			}
+		}
 	}
-	s = strings.Join(lines, "\n")
-	s = reBlankLines.ReplaceAllString(s, "\n\n")
-	return strings.TrimSpace(s)
+	if inLink {
+		out.WriteString(linkText(link.String(), href))
+	}
+	lines := strings.Split(strings.ReplaceAll(out.String(), "\r", ""), "\n")
+	var b strings.Builder
+	blank := 0
+	for _, l := range lines {
+		l = strings.Join(strings.FieldsFunc(l, func(r rune) bool { return r == ' ' || r == '\t' || r == '\f' || r == '\v' }), " ")
+		if l == "" {
+			blank++
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString("\n")
+			if blank > 0 {
+				b.WriteString("\n")
+			}
+		}
+		blank = 0
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// linkText is a link in the plain-text alternative: "text (url)", or the
+// text alone when it is the address (or its mailto: address), when the
+// link points into the message (cid:) or has no address.
+func linkText(text, href string) string {
+	text = strings.Join(strings.Fields(text), " ")
+	switch {
+	case text == "" || href == "" || text == href || "mailto:"+text == href,
+		strings.HasPrefix(strings.ToLower(href), "cid:"):
+		return text
+	}
+	return text + " (" + href + ")"
 }

@@ -197,6 +197,24 @@ func TestHTMLToText(t *testing.T) {
 		"<ul><li>one</li><li>two</li></ul>":        "- one\n- two",
 		"&lt;tag&gt; &amp; &#x17c;":                "<tag> & ż",
 		"  lots   of\n\n\n\n\nspace  ":             "lots of\n\nspace",
+		// What regular expressions got wrong.
+		"a<!-- <p>hidden</p> -->b":                                        "ab",
+		"<!-- a > b -->shown<!---->":                                      "shown",
+		`<a href="https://e.x/?q=a>b" title="x > y">go</a>`:               "go (https://e.x/?q=a>b)",
+		`<img alt="a > b" src="x.png">after`:                              "after",
+		`<p data-x=">">one</p><p>two</p>`:                                 "one\n\ntwo",
+		"<script>if (a > b) { document.write('</p>x') }</script>kept":     "kept",
+		"<STYLE>p > a { color: red }</STYLE><P>Upper</P>":                 "Upper",
+		"<head><title>Title</title><body>Body text":                       "Body text",
+		"<head><title>T</title></head><p>x</p>":                           "x",
+		`<a href="cid:logo"><img src="cid:logo"> Logo</a>`:                "Logo",
+		`<a href="mailto:a@b.pl">a@b.pl</a>`:                              "a@b.pl",
+		`<a href="https://e.x/?a=1&amp;b=2"><b>bold</b> link</a>`:         "bold link (https://e.x/?a=1&b=2)",
+		`<a href="https://e.x">unclosed`:                                  "unclosed (https://e.x)",
+		"<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>": "a b\n\nc",
+		"x&nbsp;&nbsp;y &copy; 2026":                                      "x y © 2026",
+		"<div>a<p>b</p>c</div>":                                           "a\n\nb\n\nc",
+		"<ol><li>one<li>two</ol>":                                         "- one\n- two",
 	} {
 		if got := htmlToText(in); got != want {
 			t.Errorf("htmlToText(%q) = %q, want %q", in, got, want)
