@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -99,6 +101,11 @@ func Decode(data []byte) (*Request, error) {
 	if len(r.TemplateData) == 0 {
 		r.TemplateData = nil
 	}
+	d.value("Priority", &r.Priority)
+	r.SendAt = d.timeValue("SendAt")
+	d.value("BatchId", &r.BatchId)
+	d.value("Unsubscribe", &r.Unsubscribe)
+	d.value("IgnoreSuppression", &r.IgnoreSuppression)
 	if len(d.errs) > 0 {
 		return nil, &ValidationError{Fields: d.errs}
 	}
@@ -133,6 +140,35 @@ func (d *decoder) value(key string, target any) {
 	if err := json.Unmarshal(v, target); err != nil {
 		d.fail(key, typeMessage(err))
 	}
+}
+
+// rfc3339 is the form of a time in a request: RFC 3339 with an offset, in
+// upper case, with the ranges a regular expression can check. time.Parse
+// checks the rest (the days of each month) and would also take a comma
+// before the fraction, which RFC 3339 does not.
+var rfc3339 = regexp.MustCompile(`^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$`)
+
+// errTime is the message of a time that is not one.
+const errTime = "want an RFC 3339 time with an offset, such as 2026-12-01T09:00:00+01:00"
+
+// timeValue decodes the value of key as an RFC 3339 time with an offset. JSON
+// null yields nil, as does a value of any other form, which is an error.
+func (d *decoder) timeValue(key string) *time.Time {
+	v, ok := lookupFold(d.obj, key)
+	if !ok || isNull(v) {
+		return nil
+	}
+	var s string
+	if json.Unmarshal(v, &s) != nil || !rfc3339.MatchString(s) {
+		d.fail(key, errTime)
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		d.fail(key, errTime)
+		return nil
+	}
+	return &t
 }
 
 // fastString decodes a JSON string without escapes straight from its

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 )
 
@@ -52,6 +53,58 @@ func (n Names) SendSubject() string { return n.Prefix + ".send" }
 // SendSubjects are the subjects of the request stream: "mail.send" and
 // "mail.send.>" (publishers may append tokens such as a tenant).
 func (n Names) SendSubjects() []string { return []string{n.SendSubject(), n.SendSubject() + ".>"} }
+
+// UrgentSubject is the subject of the urgent lane: "mail.urgent".
+func (n Names) UrgentSubject() string { return n.Prefix + ".urgent" }
+
+// BulkSubject is the subject of the bulk lane: "mail.bulk".
+func (n Names) BulkSubject() string { return n.Prefix + ".bulk" }
+
+// LaneSubject is the subject to publish a request of lane l on:
+// UrgentSubject, BulkSubject, or SendSubject for LaneNormal and any other
+// value, the empty Lane included.
+func (n Names) LaneSubject(l Lane) string {
+	switch l {
+	case LaneUrgent:
+		return n.UrgentSubject()
+	case LaneBulk:
+		return n.BulkSubject()
+	}
+	return n.SendSubject()
+}
+
+// LaneSubjects are the two subjects of lane l, such as "mail.bulk" and
+// "mail.bulk.>"; for LaneNormal and any other value, SendSubjects.
+func (n Names) LaneSubjects(l Lane) []string {
+	s := n.LaneSubject(l)
+	return []string{s, s + ".>"}
+}
+
+// RequestSubjects are the subjects of the request stream: those of the
+// normal lane (SendSubjects), then of the urgent and of the bulk lane:
+// "mail.send", "mail.send.>", "mail.urgent", "mail.urgent.>", "mail.bulk"
+// and "mail.bulk.>".
+func (n Names) RequestSubjects() []string {
+	return slices.Concat(n.SendSubjects(), n.LaneSubjects(LaneUrgent), n.LaneSubjects(LaneBulk))
+}
+
+// LaneOf returns the lane of a request that arrived on subject, by the
+// token after the prefix: LaneUrgent for "mail.urgent" and "mail.urgent.…",
+// LaneBulk for "mail.bulk" and "mail.bulk.…", else LaneNormal.
+func (n Names) LaneOf(subject string) Lane {
+	rest, ok := strings.CutPrefix(subject, n.Prefix+".")
+	if !ok {
+		return LaneNormal
+	}
+	tok, _, _ := strings.Cut(rest, ".")
+	switch tok {
+	case "urgent":
+		return LaneUrgent
+	case "bulk":
+		return LaneBulk
+	}
+	return LaneNormal
+}
 
 // ResultSubject is the subject of the result events of one Id.
 func (n Names) ResultSubject(id string) string { return n.Prefix + ".result." + id }

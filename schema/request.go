@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/mail"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -63,6 +65,29 @@ type Request struct {
 	Template string `json:"Template,omitempty"`
 	// TemplateData is the data a Template is executed with.
 	TemplateData map[string]any `json:"TemplateData,omitempty"`
+
+	// Priority is the lane the request asks for: urgent, normal or bulk.
+	// The jetmail send command, the HTTP API and package producer publish
+	// the request on that lane's subject (see Names.LaneSubject); a worker
+	// delivers a request in the lane of the subject it arrived on. Empty
+	// means the lane of the subject the request is published on.
+	Priority Lane `json:"Priority,omitempty"`
+	// SendAt, when set, is the time before which the message is not sent.
+	// In JSON it is an RFC 3339 time with an offset ("Z" or ±hh:mm). A time
+	// in the past means now; one more than Limits.MaxSchedule ahead makes
+	// the request invalid. Nil means now.
+	SendAt *time.Time `json:"SendAt,omitempty"`
+	// BatchId groups requests for cancellation, search and the console,
+	// [A-Za-z0-9_-]{1,128}. Empty means none.
+	BatchId string `json:"BatchId,omitempty"`
+	// Unsubscribe asks for List-Unsubscribe (and, for https: URLs and
+	// jetmail's own endpoint, List-Unsubscribe-Post) headers per RFC 8058.
+	// It excludes List-Unsubscribe and List-Unsubscribe-Post in Headers.
+	// The zero value asks for none.
+	Unsubscribe Unsubscribe `json:"Unsubscribe,omitzero"`
+	// IgnoreSuppression sends to every recipient, even those on the
+	// suppression list, for mail a person must get (a password reset).
+	IgnoreSuppression Bool `json:"IgnoreSuppression,omitempty"`
 }
 
 // Attachment is a file attached to a request.
@@ -308,4 +333,68 @@ func (i Importance) Valid() bool {
 		return true
 	}
 	return false
+}
+
+// Unsubscribe is the one-click unsubscribe a request asks for (RFC 8058):
+// jetmail's own endpoint, or a URL of the sender's. In JSON it is true
+// (OneClick), or the URL as a string; false and null are the zero value,
+// which asks for none. It is encoded as true or the URL, and the zero value
+// is omitted.
+type Unsubscribe struct {
+	// OneClick, true in JSON, asks for jetmail's own one-click endpoint:
+	// List-Unsubscribe: <{public-url}/v1/unsubscribe/{token}> with a token
+	// per recipient, and List-Unsubscribe-Post.
+	OneClick bool
+	// URL is an https: or mailto: URL of the sender's, for the
+	// List-Unsubscribe header; an https: URL also gets
+	// List-Unsubscribe-Post: List-Unsubscribe=One-Click. Empty means none.
+	URL string
+}
+
+// IsZero reports whether u asks for no unsubscribe header, so that
+// encoding omits it.
+func (u Unsubscribe) IsZero() bool { return !u.OneClick && u.URL == "" }
+
+// HTTPS reports whether u is a URL with the https scheme (in any case), for
+// which the message also gets List-Unsubscribe-Post. It is false for
+// OneClick, which the builder handles on its own.
+func (u Unsubscribe) HTTPS() bool { return hasPrefixFold(u.URL, "https:") }
+
+// MarshalJSON encodes u as true (OneClick) or the URL as a string; the zero
+// value is false. A value with both OneClick and URL set is an error.
+func (u Unsubscribe) MarshalJSON() ([]byte, error) {
+	switch {
+	case u.OneClick && u.URL != "":
+		return nil, errors.New("schema.Unsubscribe: OneClick and URL are both set")
+	case u.OneClick:
+		return []byte("true"), nil
+	case u.URL != "":
+		return json.Marshal(u.URL)
+	}
+	return []byte("false"), nil
+}
+
+// UnmarshalJSON accepts true (OneClick), false and null (none), or a
+// non-empty string (URL), which Validate checks. Other values, the empty
+// string included, are errors.
+func (u *Unsubscribe) UnmarshalJSON(data []byte) error {
+	data = bytes.TrimSpace(data)
+	switch {
+	case bytes.Equal(data, []byte("true")):
+		*u = Unsubscribe{OneClick: true}
+		return nil
+	case bytes.Equal(data, []byte("false")), bytes.Equal(data, []byte("null")):
+		*u = Unsubscribe{}
+		return nil
+	case len(data) > 0 && data[0] == '"':
+		var s string
+		if err := json.Unmarshal(data, &s); err != nil {
+			return err
+		}
+		if s != "" {
+			*u = Unsubscribe{URL: s}
+			return nil
+		}
+	}
+	return fmt.Errorf("want true, false or an https: or mailto: URL, got %s", snippet(data))
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode"
 
 	"github.com/google/go-cmp/cmp"
@@ -118,7 +119,8 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		name: "null values are absent",
 		payload: `{"To": "a@example.com", "CC": null, "Bcc": null, "From": null, "Subject": null, "Body": null,
 			"IsHtml": null, "Importance": null, "Attachments": null, "Id": null, "ReplyTo": null,
-			"TextBody": null, "Headers": null, "Connection": null, "Metadata": null}`,
+			"TextBody": null, "Headers": null, "Connection": null, "Metadata": null,
+			"Priority": null, "SendAt": null, "BatchId": null, "Unsubscribe": null, "IgnoreSuppression": null}`,
 		want: &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name:    "null entries in Headers and Metadata are empty strings",
@@ -131,7 +133,7 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name:    "unknown keys are ignored",
-		payload: `{"To": "a@example.com", "Priority": 3, "Sensitivity": {"x": [1]}, "Attachment": 5}`,
+		payload: `{"To": "a@example.com", "Categories": 3, "Sensitivity": {"x": [1]}, "Attachment": 5}`,
 		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}, {
 		name: "attachments in any case, base64 with line breaks",
@@ -154,6 +156,45 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		name:    "a key spelled twice: then the first in byte order",
 		payload: `{"tO": "mixed@example.com", "TO": "shout@example.com"}`,
 		want:    &schema.Request{To: schema.AddressList{"shout@example.com"}},
+	}, {
+		name: "v2 keys in any case",
+		payload: `{"to": "a@example.com", "PRIORITY": "Urgent", "sendat": "2026-12-01T09:00:00+01:00",
+			"batchID": "spring-2026", "UNSUBSCRIBE": true, "ignoresuppression": "TRUE"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: schema.LaneUrgent,
+			SendAt: ptr(time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)), BatchId: "spring-2026",
+			Unsubscribe: schema.Unsubscribe{OneClick: true}, IgnoreSuppression: true},
+	}, {
+		name:    "Priority lanes are normalised to lower case",
+		payload: `{"To": "a@example.com", "Priority": "BULK"}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}, Priority: schema.LaneBulk},
+	}, {
+		name:    "Priority empty is none",
+		payload: `{"To": "a@example.com", "Priority": "", "BatchId": ""}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
+	}, {
+		name:    "SendAt in UTC with a fraction",
+		payload: `{"To": "a@example.com", "SendAt": "2026-11-30T23:59:59.25Z"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			SendAt: ptr(time.Date(2026, 11, 30, 23, 59, 59, 250_000_000, time.UTC))},
+	}, {
+		name:    "SendAt in the past is valid",
+		payload: `{"To": "a@example.com", "SendAt": "2000-01-01T00:00:00-05:30"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			SendAt: ptr(time.Date(2000, 1, 1, 5, 30, 0, 0, time.UTC))},
+	}, {
+		name:    "Unsubscribe URL",
+		payload: `{"To": "a@example.com", "Unsubscribe": "https://example.com/u?id=42&list=news"}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			Unsubscribe: schema.Unsubscribe{URL: "https://example.com/u?id=42&list=news"}},
+	}, {
+		name:    "Unsubscribe false is none, and List-Unsubscribe may be in Headers",
+		payload: `{"To": "a@example.com", "Unsubscribe": false, "Headers": {"List-Unsubscribe": "<mailto:u@example.com>"}}`,
+		want: &schema.Request{To: schema.AddressList{"a@example.com"},
+			Headers: map[string]string{"List-Unsubscribe": "<mailto:u@example.com>"}},
+	}, {
+		name:    "IgnoreSuppression false",
+		payload: `{"To": "a@example.com", "IgnoreSuppression": false}`,
+		want:    &schema.Request{To: schema.AddressList{"a@example.com"}},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,6 +211,8 @@ func TestDecodeConnectorPayloads(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestAttachmentContent(t *testing.T) {
 	tests := []struct {
@@ -422,6 +465,45 @@ func TestRequestErrors(t *testing.T) {
 				{Field: "Attachments[2].ContentId", Message: "must not contain angle brackets or spaces"},
 				{Field: "Attachments[2].ContentType", Message: `not a valid media type: "text/plain; charset"`},
 			}},
+		// v2 keys.
+		{"v2 keys of the wrong types, in contract order",
+			`{"To": "a@example.com", "IgnoreSuppression": "yes", "Unsubscribe": 5, "BatchId": 7, "SendAt": 5, "Priority": 1}`,
+			[]fe{
+				{Field: "Priority", Message: `want "urgent", "normal" or "bulk"`},
+				{Field: "SendAt", Message: "want an RFC 3339 time with an offset, such as 2026-12-01T09:00:00+01:00"},
+				{Field: "BatchId", Message: "want a string, got number"},
+				{Field: "Unsubscribe", Message: "want true, false or an https: or mailto: URL, got 5"},
+				{Field: "IgnoreSuppression", Message: `want true or false, got "yes"`},
+			}},
+		{"Unsubscribe empty or of other types", `{"To": "a@example.com", "Unsubscribe": ""}`,
+			[]fe{{Field: "Unsubscribe", Message: `want true, false or an https: or mailto: URL, got ""`}}},
+		{"Unsubscribe an object", `{"To": "a@example.com", "unsubscribe": {"URL": "https://example.com/u"}}`,
+			[]fe{{Field: "Unsubscribe", Message: `want true, false or an https: or mailto: URL, got {"URL": "https://exa…`}}},
+		{"bad Priority", `{"To": "a@example.com", "Priority": "high"}`,
+			[]fe{{Field: "Priority", Message: `want urgent, normal or bulk, got "high"`}}},
+		{"Priority with spaces", `{"To": "a@example.com", "Priority": " bulk"}`,
+			[]fe{{Field: "Priority", Message: `want urgent, normal or bulk, got " bulk"`}}},
+		{"bad BatchId", `{"To": "a@example.com", "BatchId": "spring 2026"}`,
+			[]fe{{Field: "BatchId", Message: "must match [A-Za-z0-9_-]{1,128}"}}},
+		{"BatchId too long", `{"To": "a@example.com", "BatchId": "` + strings.Repeat("b", 129) + `"}`,
+			[]fe{{Field: "BatchId", Message: "must match [A-Za-z0-9_-]{1,128}"}}},
+		{"SendAt more than 30 days ahead", `{"To": "a@example.com", "SendAt": "9999-12-31T23:59:59+01:00"}`,
+			[]fe{{Field: "SendAt", Message: "9999-12-31T23:59:59+01:00 is more than 720h0m0s ahead (the schedule limit)"}}},
+		{"Unsubscribe and List-Unsubscribe headers", `{"To": "a@example.com", "Unsubscribe": true, "Headers": {
+			"list-unsubscribe": "<mailto:u@example.com>", "List-Unsubscribe-POST": "List-Unsubscribe=One-Click", "X-List-Unsubscribe": "1"}}`,
+			[]fe{
+				{Field: `Headers["List-Unsubscribe-POST"]`, Message: "set either Unsubscribe or this header, not both"},
+				{Field: `Headers["list-unsubscribe"]`, Message: "set either Unsubscribe or this header, not both"},
+			}},
+		{"Unsubscribe URL and a List-Unsubscribe-Post header", `{"To": "a@example.com", "Unsubscribe": "mailto:u@example.com",
+			"Headers": {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}}`,
+			[]fe{{Field: `Headers["List-Unsubscribe-Post"]`, Message: "set either Unsubscribe or this header, not both"}}},
+		{"Unsubscribe: a bad URL and a header", `{"To": "a@example.com", "Unsubscribe": "http://example.com/u",
+			"Headers": {"List-Unsubscribe": "<https://example.com/u>"}}`,
+			[]fe{
+				{Field: "Unsubscribe", Message: `want an https: or mailto: URL, got "http://example.com/u"`},
+				{Field: `Headers["List-Unsubscribe"]`, Message: "set either Unsubscribe or this header, not both"},
+			}},
 		{"many errors at once", `{"Id": "a b", "To": "jan.example.com", "From": "x", "Subject": "a\nb",
 			"Importance": "urgent", "Headers": {"Bcc": "v@example.org", "X-A": "\n"},
 			"Attachments": [{"FileName": "", "ContentData": "@@@", "ContentTransferEncoding": "base64"}]}`,
@@ -573,14 +655,19 @@ func goResult(data []byte) (*schema.Result, error) {
 
 // statusOf maps each state to the statuses it may carry (contract §3).
 var statusOf = map[schema.State][]schema.Status{
-	schema.StateAccepted: {schema.Status202},
-	schema.StateDeferred: {schema.Status202},
-	schema.StateSent:     {schema.Status200},
-	schema.StateFailed:   {schema.Status400, schema.Status401, schema.Status403, schema.Status404, schema.Status500},
+	schema.StateScheduled: {schema.Status202},
+	schema.StateAccepted:  {schema.Status202},
+	schema.StateDeferred:  {schema.Status202},
+	schema.StateSent:      {schema.Status200},
+	schema.StateFailed:    {schema.Status400, schema.Status401, schema.Status403, schema.Status404, schema.Status500},
+	schema.StateCancelled: {schema.Status410},
 }
 
 var resultStatuses = []schema.Status{schema.Status200, schema.Status202, schema.Status400, schema.Status401,
-	schema.Status403, schema.Status404, schema.Status500}
+	schema.Status403, schema.Status404, schema.Status410, schema.Status500}
+
+// suppressionReasons are the reasons of the suppression list (contract §9).
+var suppressionReasons = []string{"bounce", "unsubscribe", "manual"}
 
 func checkResult(r *schema.Result) error {
 	var errs []error
@@ -599,12 +686,36 @@ func checkResult(r *schema.Result) error {
 	if r.State == schema.StateDeferred && r.NextAttemptAt == nil {
 		errs = append(errs, errors.New("deferred without NextAttemptAt"))
 	}
+	if r.State == schema.StateScheduled && r.SendAt == nil {
+		errs = append(errs, errors.New("scheduled without SendAt"))
+	}
+	if r.State == schema.StateScheduled && r.Envelope == nil {
+		errs = append(errs, errors.New("scheduled without Envelope"))
+	}
+	if r.Envelope != nil && r.State != schema.StateAccepted && r.State != schema.StateScheduled {
+		errs = append(errs, fmt.Errorf("Envelope on a %s event", r.State))
+	}
+	if e := r.Envelope; e != nil && (e.From == "" || len(e.Recipients) == 0 || slices.Contains(e.Recipients, "")) {
+		errs = append(errs, fmt.Errorf("Envelope %+v", *e))
+	}
+	if r.Lane != "" && !slices.Contains([]schema.Lane{schema.LaneUrgent, schema.LaneNormal, schema.LaneBulk}, r.Lane) {
+		errs = append(errs, fmt.Errorf("Lane %q", r.Lane))
+	}
+	if r.BatchId != "" && !schema.ValidID(r.BatchId) {
+		errs = append(errs, fmt.Errorf("BatchId %q is not valid", r.BatchId))
+	}
 	if r.Smtp != nil && (r.Smtp.Code < 200 || r.Smtp.Code > 599) {
 		errs = append(errs, fmt.Errorf("Smtp.Code %d", r.Smtp.Code))
 	}
 	for i, rr := range r.Recipients {
 		if rr.Address == "" || !slices.Contains(resultStatuses, rr.Status) {
 			errs = append(errs, fmt.Errorf("Recipients[%d] = %+v", i, rr))
+		}
+		if rr.Suppressed && (rr.Status != schema.Status403 || !slices.Contains(suppressionReasons, rr.Reason)) {
+			errs = append(errs, fmt.Errorf("suppressed Recipients[%d] = %+v", i, rr))
+		}
+		if !rr.Suppressed && rr.Reason != "" {
+			errs = append(errs, fmt.Errorf("Recipients[%d] has a Reason but is not suppressed: %+v", i, rr))
 		}
 	}
 	return errors.Join(errs...)
@@ -625,6 +736,10 @@ func TestExamplesAgree(t *testing.T) {
 		"examples/result-failed-404.json", "examples/result-failed-400.json",
 		"examples/invalid/no-recipient.json", "examples/invalid/bad-base64.json",
 		"examples/invalid/crlf-subject.json", "examples/invalid/bad-address.json",
+		"examples/request-v2.json", "examples/result-accepted-v2.json", "examples/result-scheduled.json",
+		"examples/result-cancelled.json", "examples/result-deferred-partial.json", "examples/result-failed-403-suppressed.json",
+		"examples/invalid/sendat-without-offset.json", "examples/invalid/bad-priority.json",
+		"examples/invalid/unsubscribe-with-header.json", "examples/invalid/bad-unsubscribe-scheme.json",
 	} {
 		if !slices.Contains(files, name) {
 			t.Errorf("example %s is missing", name)
@@ -709,6 +824,14 @@ var invalidWhy = map[string]struct{ goErr, schemaAt string }{
 	"result-deferred-without-next-attempt.json": {"deferred without NextAttemptAt", ""},
 	"result-sent-with-status-500.json":          {`Status 500 with State "sent"`, "/Status"},
 	"result-unknown-key.json":                   {`unknown field "Retries"`, ""},
+	"sendat-without-offset.json":                {"SendAt: want an RFC 3339 time with an offset", "/SendAt"},
+	"bad-priority.json":                         {`Priority: want urgent, normal or bulk, got "high"`, "/Priority"},
+	"unsubscribe-with-header.json":              {`Headers["List-Unsubscribe"]: set either Unsubscribe or this header, not both`, ""}, // propertyNames, as above
+	"bad-unsubscribe-scheme.json":               {`Unsubscribe: want an https: or mailto: URL, got "http://example.com/unsubscribe?u=42"`, "/Unsubscribe"},
+	"result-scheduled-without-sendat.json":      {"scheduled without SendAt", ""},
+	"result-cancelled-with-status-200.json":     {`Status 200 with State "cancelled"`, "/Status"},
+	"result-envelope-on-sent.json":              {"Envelope on a sent event", "/State"},
+	"result-suppressed-without-reason.json":     {"suppressed Recipients[0]", "/Recipients/0"},
 }
 
 // schemaLocations lists the instance locations (JSON pointers) of the
@@ -835,6 +958,7 @@ func TestSchemaCoversStructs(t *testing.T) {
 		{"Result", reflect.TypeFor[schema.Result](), res, false},
 		{"SMTPReply", reflect.TypeFor[schema.SMTPReply](), at(res, "$defs", "smtpReply"), false},
 		{"RecipientResult", reflect.TypeFor[schema.RecipientResult](), at(res, "$defs", "recipient"), false},
+		{"Envelope", reflect.TypeFor[schema.Envelope](), at(res, "$defs", "envelope"), false},
 		{"FieldError", reflect.TypeFor[schema.FieldError](), at(res, "$defs", "fieldError"), false},
 	}
 	for _, tt := range tests {
@@ -884,6 +1008,73 @@ func TestSchemaCoversStructs(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, enum); diff != "" {
 		t.Errorf("status enum (-go +schema):\n%s", diff)
+	}
+	// The states of the schema are those of statusOf, and so are the
+	// lanes and reasons.
+	var states []string
+	for st := range statusOf {
+		states = append(states, string(st))
+	}
+	slices.Sort(states)
+	if diff := cmp.Diff(states, strs(at(res, "properties", "State")["enum"])); diff != "" {
+		t.Errorf("state enum (-go +schema):\n%s", diff)
+	}
+	lanes := []string{string(schema.LaneBulk), string(schema.LaneNormal), string(schema.LaneUrgent)}
+	if diff := cmp.Diff(lanes, strs(at(res, "properties", "Lane")["enum"])); diff != "" {
+		t.Errorf("lane enum (-go +schema):\n%s", diff)
+	}
+	if diff := cmp.Diff(slices.Sorted(slices.Values(suppressionReasons)), strs(at(res, "$defs", "recipient", "properties", "Reason")["enum"])); diff != "" {
+		t.Errorf("reason enum (-go +schema):\n%s", diff)
+	}
+}
+
+// TestResultJSON checks that the v2 fields are omitted when empty, so that
+// an event without them is encoded as before, and spelled as in the
+// contract when set.
+func TestResultJSON(t *testing.T) {
+	at := time.Date(2026, 11, 26, 18, 41, 22, 0, time.UTC)
+	v1 := schema.Result{Id: "a", Status: schema.Status202, State: schema.StateAccepted, Attempt: 1, Time: at,
+		Recipients: []schema.RecipientResult{{Address: "a@x.com", Status: schema.Status200}}}
+	got, err := json.Marshal(v1)
+	want := `{"Id":"a","Status":202,"State":"accepted","Attempt":1,"Recipients":[{"Address":"a@x.com","Status":200}],"Time":"2026-11-26T18:41:22Z"}`
+	if err != nil || string(got) != want {
+		t.Errorf("Marshal = %s, %v; want %s", got, err, want)
+	}
+	v2 := v1
+	v2.State, v2.Lane, v2.BatchId, v2.SendAt, v2.Uncertain = schema.StateScheduled, schema.LaneBulk, "b-1", &at, true
+	v2.Envelope = &schema.Envelope{From: "s@x.com", Recipients: []string{"a@x.com", "bcc@x.com"}, Subject: ""}
+	v2.Recipients = []schema.RecipientResult{{Address: "a@x.com", Status: schema.Status403, Suppressed: true, Reason: "manual"}}
+	got, err = json.Marshal(v2)
+	want = `{"Id":"a","Status":202,"State":"scheduled","Attempt":1,` +
+		`"Recipients":[{"Address":"a@x.com","Status":403,"Suppressed":true,"Reason":"manual"}],` +
+		`"Lane":"bulk","BatchId":"b-1","SendAt":"2026-11-26T18:41:22Z",` +
+		`"Envelope":{"From":"s@x.com","Recipients":["a@x.com","bcc@x.com"],"Subject":""},"Uncertain":true,` +
+		`"Time":"2026-11-26T18:41:22Z"}`
+	if err != nil || string(got) != want {
+		t.Errorf("Marshal = %s, %v; want %s", got, err, want)
+	}
+	if _, err := goResult(got); err != nil {
+		t.Errorf("the v2 event is not consistent: %v", err)
+	}
+	if err := validateSchema(schemas(t).result, got); err != nil {
+		t.Errorf("the JSON Schema rejects the v2 event: %v", err)
+	}
+}
+
+func TestStateFinal(t *testing.T) {
+	for st, want := range map[schema.State]bool{
+		schema.StateScheduled: false, schema.StateAccepted: false, schema.StateDeferred: false,
+		schema.StateSent: true, schema.StateFailed: true, schema.StateCancelled: true, "": false, "sending": false,
+	} {
+		if got := st.Final(); got != want {
+			t.Errorf("State(%q).Final() = %v, want %v", st, got, want)
+		}
+		if got := (&schema.Result{State: st}).Final(); got != want {
+			t.Errorf("Result{State: %q}.Final() = %v, want %v", st, got, want)
+		}
+	}
+	if schema.StateScheduled != "scheduled" || schema.StateCancelled != "cancelled" || schema.Status410 != 410 {
+		t.Error("the v2 states and status are spelled as in the contract")
 	}
 }
 

@@ -1,13 +1,16 @@
 package schema
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
 	"mime"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -56,8 +59,8 @@ func (e *ValidationError) TooLarge() bool {
 	return slices.ContainsFunc(e.Fields, func(f FieldError) bool { return f.TooLarge })
 }
 
-// Limits bounds what a request may ask for. A zero field means the default
-// in DefaultLimits; a negative one means no limit.
+// Limits bounds what a request may ask for. A zero field means its default
+// (see WithDefaults); a negative one means no limit.
 type Limits struct {
 	// MaxRequestBytes is the largest payload accepted. Default 8 MiB.
 	// Validate can not see the payload; whoever reads it (worker, HTTP API)
@@ -71,10 +74,16 @@ type Limits struct {
 	MaxRecipients int
 	// MaxHeaders is the largest number of extra Headers. Default 50.
 	MaxHeaders int
-	// MaxHeaderLength is the longest extra header value and subject, in
-	// bytes. Default 4096.
+	// MaxHeaderLength is the longest extra header value, subject and
+	// Unsubscribe URL, in bytes. Default 4096.
 	MaxHeaderLength int
+	// MaxSchedule is how far ahead of now SendAt may be. Default
+	// DefaultMaxSchedule (30 days).
+	MaxSchedule time.Duration
 }
+
+// DefaultMaxSchedule is the default of Limits.MaxSchedule: 30 days.
+const DefaultMaxSchedule = 720 * time.Hour
 
 // DefaultLimits are the limits a worker applies when configured with none.
 var DefaultLimits = Limits{
@@ -85,7 +94,8 @@ var DefaultLimits = Limits{
 	MaxHeaderLength:    4096,
 }
 
-// WithDefaults returns l with each zero field replaced by its default.
+// WithDefaults returns l with each zero field replaced by its default: that
+// of DefaultLimits, and DefaultMaxSchedule for MaxSchedule.
 func (l Limits) WithDefaults() Limits {
 	def := func(v, d int) int {
 		if v == 0 {
@@ -99,6 +109,7 @@ func (l Limits) WithDefaults() Limits {
 		MaxRecipients:      def(l.MaxRecipients, DefaultLimits.MaxRecipients),
 		MaxHeaders:         def(l.MaxHeaders, DefaultLimits.MaxHeaders),
 		MaxHeaderLength:    def(l.MaxHeaderLength, DefaultLimits.MaxHeaderLength),
+		MaxSchedule:        cmp.Or(l.MaxSchedule, DefaultMaxSchedule),
 	}
 }
 
@@ -127,6 +138,66 @@ var structuralHeaders = map[string]bool{
 func IsStructuralHeader(name string) bool {
 	lower := asciiLower(name)
 	return structuralHeaders[lower] || strings.HasPrefix(lower, "content-")
+}
+
+// isListUnsubscribe reports whether name is List-Unsubscribe or
+// List-Unsubscribe-Post in any case: the header fields that Unsubscribe
+// writes.
+func isListUnsubscribe(name string) bool {
+	switch asciiLower(name) {
+	case "list-unsubscribe", "list-unsubscribe-post":
+		return true
+	}
+	return false
+}
+
+// uriChars reports whether s consists of the characters RFC 3986 allows in
+// a URI (unreserved, reserved, and percent-encodings of two hex digits), so
+// that it can stand between the angle brackets of List-Unsubscribe as it
+// is.
+func uriChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return false
+			}
+			i += 2
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~:/?#[]@!$&'()*+,;=", c) < 0:
+			return false
+		}
+	}
+	return true
+}
+
+// isHex reports whether c is a hexadecimal digit, in either case.
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// unsubscribeTarget reports whether the ASCII string s is a mailto: URL
+// with something after the colon, or an https: URL with a host (after the
+// last @ of the authority, if any, and before a port), schemes in any case.
+func unsubscribeTarget(s string) bool {
+	if hasPrefixFold(s, "mailto:") {
+		return len(s) > len("mailto:")
+	}
+	if !hasPrefixFold(s, "https://") {
+		return false
+	}
+	auth := s[len("https://"):]
+	if i := strings.IndexAny(auth, "/?#"); i >= 0 {
+		auth = auth[:i]
+	}
+	host := auth[strings.LastIndexByte(auth, '@')+1:]
+	return host != "" && host[0] != ':'
+}
+
+// hasPrefixFold reports whether s begins with the ASCII prefix in any case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && asciiLower(s[:len(prefix)]) == prefix
 }
 
 // asciiLower lower-cases the ASCII letters of s only, as header field names
@@ -184,12 +255,18 @@ func validHeaderName(name string) bool {
 }
 
 // Validate checks r against every rule of the contract with DefaultLimits
-// and returns a *ValidationError listing all broken rules, or nil.
+// at the current time and returns a *ValidationError listing all broken
+// rules, or nil.
 func (r *Request) Validate() error { return r.ValidateLimits(DefaultLimits) }
 
 // ValidateLimits is Validate with the given limits (zero fields take their
-// defaults).
-func (r *Request) ValidateLimits(lim Limits) error {
+// defaults): ValidateAt(lim, time.Now()).
+func (r *Request) ValidateLimits(lim Limits) error { return r.ValidateAt(lim, time.Now()) }
+
+// ValidateAt is ValidateLimits at the time now, against which SendAt is
+// checked: a SendAt more than lim.MaxSchedule after now is invalid, one
+// before now is valid (it means now).
+func (r *Request) ValidateAt(lim Limits, now time.Time) error {
 	lim = lim.WithDefaults()
 	var errs []FieldError
 	add := func(field, format string, args ...any) {
@@ -248,6 +325,34 @@ func (r *Request) ValidateLimits(lim Limits) error {
 	if r.Template != "" && !templateName.MatchString(r.Template) {
 		add("Template", "must match [A-Za-z0-9_-]{1,64}")
 	}
+	if !r.Priority.Valid() {
+		add("Priority", "want urgent, normal or bulk, got %q", string(r.Priority))
+	}
+	if r.SendAt != nil && lim.MaxSchedule >= 0 && r.SendAt.Sub(now) > lim.MaxSchedule {
+		add("SendAt", "%s is more than %v ahead (the schedule limit)", r.SendAt.Format(time.RFC3339Nano), lim.MaxSchedule)
+	}
+	if r.BatchId != "" && !ValidID(r.BatchId) {
+		add("BatchId", "must match [A-Za-z0-9_-]{1,128}")
+	}
+	if u := r.Unsubscribe; u.OneClick && u.URL != "" {
+		add("Unsubscribe", "set either true or a URL, not both")
+	} else if u.URL != "" {
+		switch {
+		case strings.ContainsAny(u.URL, "\r\n"):
+			add("Unsubscribe", "%v", errCRLF)
+		case !uriChars(u.URL):
+			add("Unsubscribe", "want an https: or mailto: URL of RFC 3986 characters (percent-encode others), got %q", u.URL)
+		case !unsubscribeTarget(u.URL):
+			add("Unsubscribe", "want an https: or mailto: URL, got %q", u.URL)
+		default:
+			if _, err := url.Parse(u.URL); err != nil {
+				add("Unsubscribe", "not a valid URL: %q", u.URL)
+			}
+		}
+		if over(len(u.URL), lim.MaxHeaderLength) {
+			tooLarge("Unsubscribe", "%d bytes, more than the limit of %d", len(u.URL), lim.MaxHeaderLength)
+		}
+	}
 
 	if over(len(r.Headers), lim.MaxHeaders) {
 		tooLarge("Headers", "%d headers, more than the limit of %d", len(r.Headers), lim.MaxHeaders)
@@ -260,6 +365,8 @@ func (r *Request) ValidateLimits(lim Limits) error {
 			add(path, "not a valid header name")
 		case IsStructuralHeader(name):
 			add(path, "a structural header can not be set through Headers")
+		case !r.Unsubscribe.IsZero() && isListUnsubscribe(name):
+			add(path, "set either Unsubscribe or this header, not both")
 		}
 		text(path, v, true)
 		if over(len(v), lim.MaxHeaderLength) {
