@@ -82,11 +82,24 @@ type BuildOptions struct {
 	// DKIM signs the message with the connection's keys for the sender's
 	// domain, if it has any (see DKIMSigner); nil signs nothing.
 	DKIM *DKIMSigner
+	// OneClickURL is jetmail's one-click unsubscribe URL for the message's
+	// recipient, {public-url}/v1/unsubscribe/{token} (contract §9), for a
+	// request with "Unsubscribe": true. The token names one person, so a
+	// caller builds one message per recipient for such a request. Empty
+	// makes Build fail for it with ErrOneClickNotConfigured; requests
+	// without Unsubscribe: true ignore it.
+	OneClickURL string
 }
 
 // errNoSender is returned by Build when neither the request nor the
 // connection names a sender.
 var errNoSender = errors.New("no From and the connection has no default sender")
+
+// ErrOneClickNotConfigured is returned (wrapped) by Build for a request
+// with "Unsubscribe": true when BuildOptions.OneClickURL is empty: the
+// worker has no one-click endpoint until --public-url and
+// --unsubscribe-secret-file are set.
+var ErrOneClickNotConfigured = errors.New(`"Unsubscribe": true needs jetmail's one-click endpoint: configure --public-url and --unsubscribe-secret-file`)
 
 // Build renders req as a MIME message with go-mail: display names and UTF-8
 // subjects (RFC 2047), HTML with a plain-text alternative, attachments and
@@ -167,6 +180,9 @@ func Build(req *schema.Request, opts BuildOptions) (*Envelope, error) {
 	m.SetUserAgent("jetmail")
 	for _, name := range slices.Sorted(maps.Keys(req.Headers)) {
 		m.SetGenHeaderPreformatted(gomail.Header(name), textValue(name, req.Headers[name]))
+	}
+	if err := setUnsubscribe(m, req.Unsubscribe, opts.OneClickURL); err != nil {
+		return nil, err
 	}
 
 	if req.IsHtml {
@@ -660,6 +676,52 @@ func fileHeaders(name, contentType, contentID string) gomail.FileOption {
 		}
 		f.Header.Set("Content-Disposition", fileParams("Content-Disposition", disp, nil, "filename", name))
 	}
+}
+
+// setUnsubscribe writes the List-Unsubscribe fields a request asks for
+// (RFC 2369, RFC 8058): List-Unsubscribe with the URL in angle brackets,
+// and List-Unsubscribe-Post: List-Unsubscribe=One-Click for an https: URL
+// and for jetmail's own endpoint (oneClickURL), which OneClick requires.
+// Validate has checked u.URL: RFC 3986 characters, so it goes in as it is,
+// on one line when it fits in 998 characters (an encoded word would break
+// the field, and not every reader ignores a fold inside the brackets).
+func setUnsubscribe(m *gomail.Msg, u schema.Unsubscribe, oneClickURL string) error {
+	url, post := u.URL, u.HTTPS()
+	if u.OneClick {
+		if oneClickURL == "" {
+			return fmt.Errorf("unsubscribe: %w", ErrOneClickNotConfigured)
+		}
+		if !(hasPrefixFold(oneClickURL, "https://") || hasPrefixFold(oneClickURL, "http://")) ||
+			strings.ContainsAny(oneClickURL, "<> \t\r\n") {
+			return fmt.Errorf("unsubscribe: one-click URL %q is not an http(s) URL that can stand in a header", oneClickURL)
+		}
+		url, post = oneClickURL, true
+	}
+	if url == "" {
+		return nil
+	}
+	value := "<" + url + ">"
+	if len("List-Unsubscribe: ")+len(value) > hardLineLen {
+		// Readers ignore white space inside the brackets (RFC 2369 §2):
+		// fold a URL too long for any line.
+		var b strings.Builder
+		for n := maxLineLen - len("List-Unsubscribe: "); len(value) > n; n = maxLineLen - 1 {
+			b.WriteString(value[:n] + "\r\n ")
+			value = value[n:]
+		}
+		value = b.String() + value
+	}
+	m.SetGenHeaderPreformatted("List-Unsubscribe", value)
+	if post {
+		m.SetGenHeaderPreformatted("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+	}
+	return nil
+}
+
+// hasPrefixFold reports whether s starts with the lower-case ASCII prefix
+// in any case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // messageID derives the Message-ID from the Id and the sender's domain, so

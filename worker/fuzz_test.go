@@ -18,6 +18,9 @@ var builtHeaders = map[string]bool{
 	"Importance": true, "X-Priority": true, "Priority": true, "X-Msmail-Priority": true,
 }
 
+// fuzzOneClickURL is the one-click URL FuzzBuild passes.
+const fuzzOneClickURL = "https://mail.example.com/v1/unsubscribe/token"
+
 // FuzzBuild checks properties of every message built from a valid request:
 // the wire format holds (CRLF line ends only, no line over 998 characters,
 // no header folded right after its colon, UTF-8 in every encoded word);
@@ -26,14 +29,17 @@ var builtHeaders = map[string]bool{
 // header that carries request text reads back exactly as the request gave
 // it: the recipients' addresses and display names, the sender's display
 // name, the subject, the extra header and the attachment's file name (in
-// Content-Type name and Content-Disposition filename).
+// Content-Type name and Content-Disposition filename). unsub is the
+// Unsubscribe key ("" none, "true" jetmail's endpoint, else a URL): its
+// List-Unsubscribe holds exactly the URL, and List-Unsubscribe-Post is
+// there for https: and one-click only.
 func FuzzBuild(f *testing.F) {
-	f.Add("a@example.com", "Jan <b@example.com>", "hidden@example.com", "Jan Kowalski", polish, "body", "X-Tag", "v", "plik.txt", false)
-	f.Add(`"Kowalski, Jan" <jan@example.com>;c@example.com`, "", "", "", "Re: x\r\nBcc: evil@example.com", "<p>hi</p>", "X-A", "b\nX-Injected: 1", "a\r\nb.txt", true)
-	f.Add("a@example.com", "", "", "Ünïcödé \"quoted\"", "=?UTF-8?q?not_really?=", "", "List-Unsubscribe", "<mailto:u@example.com>", "=?utf-8?q?x?=.pdf", true)
-	f.Add(`"Zażółć Gęślą" <a@x.pl>`, "", "", "Bérénice-Amélie Rosemonde Dûbois-Bénard", "Zażółć gęślą jaźń — ąćęłńóśźż ĄĆĘŁŃÓŚŹŻ ✓", "b", "X-Campaign", " jesień  2026 ", "Faktura żółć 2026 — ąę.pdf", false)
-	f.Add("a@example.com", "", "", "  ", strings.Repeat("długi temat ", 40), "b", "X-Long", strings.Repeat("y", 1100), strings.Repeat("załącznik ", 30)+".txt", false)
-	f.Fuzz(func(t *testing.T, to, cc, bcc, fromName, subject, body, hName, hValue, fileName string, isHTML bool) {
+	f.Add("a@example.com", "Jan <b@example.com>", "hidden@example.com", "Jan Kowalski", polish, "body", "X-Tag", "v", "plik.txt", false, "https://example.com/u/1")
+	f.Add(`"Kowalski, Jan" <jan@example.com>;c@example.com`, "", "", "", "Re: x\r\nBcc: evil@example.com", "<p>hi</p>", "X-A", "b\nX-Injected: 1", "a\r\nb.txt", true, "true")
+	f.Add("a@example.com", "", "", "Ünïcödé \"quoted\"", "=?UTF-8?q?not_really?=", "", "List-Unsubscribe", "<mailto:u@example.com>", "=?utf-8?q?x?=.pdf", true, "mailto:u@example.com?subject=x")
+	f.Add(`"Zażółć Gęślą" <a@x.pl>`, "", "", "Bérénice-Amélie Rosemonde Dûbois-Bénard", "Zażółć gęślą jaźń — ąćęłńóśźż ĄĆĘŁŃÓŚŹŻ ✓", "b", "X-Campaign", " jesień  2026 ", "Faktura żółć 2026 — ąę.pdf", false, "")
+	f.Add("a@example.com", "", "", "  ", strings.Repeat("długi temat ", 40), "b", "X-Long", strings.Repeat("y", 1100), strings.Repeat("załącznik ", 30)+".txt", false, "https://example.com/?t="+strings.Repeat("x", 1200))
+	f.Fuzz(func(t *testing.T, to, cc, bcc, fromName, subject, body, hName, hValue, fileName string, isHTML bool, unsub string) {
 		req := &schema.Request{
 			Id:      "fuzz-1",
 			To:      schema.SplitAddresses(to),
@@ -50,10 +56,17 @@ func FuzzBuild(f *testing.F) {
 		if fileName != "" {
 			req.Attachments = []schema.Attachment{{FileName: fileName, ContentData: "data"}}
 		}
+		switch unsub {
+		case "":
+		case "true":
+			req.Unsubscribe = schema.Unsubscribe{OneClick: true}
+		default:
+			req.Unsubscribe = schema.Unsubscribe{URL: unsub}
+		}
 		if req.Validate() != nil {
 			return // only valid requests are built
 		}
-		env, err := Build(req, BuildOptions{})
+		env, err := Build(req, BuildOptions{OneClickURL: fuzzOneClickURL})
 		if err != nil {
 			t.Fatalf("Build of a valid request failed: %v", err)
 		}
@@ -72,6 +85,9 @@ func FuzzBuild(f *testing.F) {
 				continue
 			}
 			if hName != "" && strings.EqualFold(k, hName) {
+				continue
+			}
+			if unsub != "" && (k == "List-Unsubscribe" || k == "List-Unsubscribe-Post") {
 				continue
 			}
 			t.Fatalf("header %q appeared without being asked for (request headers %q)", key, req.Headers)
@@ -106,6 +122,18 @@ func FuzzBuild(f *testing.F) {
 		if hName != "" {
 			if v, err := wordDecoder.DecodeHeader(m.Header.Get(hName)); err != nil || v != hValue {
 				t.Fatalf("%s back = %q (%v), want %q\n%q", hName, v, err, hValue, m.Header.Get(hName))
+			}
+		}
+		if unsub != "" {
+			url, post := req.Unsubscribe.URL, req.Unsubscribe.HTTPS()
+			if req.Unsubscribe.OneClick {
+				url, post = fuzzOneClickURL, true
+			}
+			if got := strings.Join(strings.Fields(m.Header.Get("List-Unsubscribe")), ""); got != "<"+url+">" {
+				t.Fatalf("List-Unsubscribe = %q, want <%s>", got, url)
+			}
+			if got := m.Header.Get("List-Unsubscribe-Post"); (got == "List-Unsubscribe=One-Click") != post || (got == "") == post {
+				t.Fatalf("List-Unsubscribe-Post = %q for %q", got, unsub)
 			}
 		}
 		if fileName != "" {
