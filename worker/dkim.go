@@ -34,11 +34,12 @@ var dkimFields = []string{
 // dkimFields the message has, with From over-signed. They are made (by
 // dkim.Sign) over the message exactly as it is rendered for the transport,
 // once everything else about it is final. go-mail's own signer is not
-// used: it signs the DKIM-Signature field unfolded but writes it folded in
-// the middle of a long h= tag, which adds a space verifiers hash and so
-// breaks every signature with this many fields (go-mail v0.8.1,
-// internal/dkim/dkim.go:364-371 and dkim_header.go:210-252); and it takes
-// one key per message.
+// used: it hashes the DKIM-Signature field unfolded but writes it with a
+// fold inside any tag longer than a line, which adds a space that
+// verifiers hash; so every signature whose h= tag is that long fails (here:
+// any message with Cc, Reply-To or List-Unsubscribe). See go-mail v0.8.1
+// internal/dkim/dkim.go:364-371 and dkim_header.go:210-252. It also takes
+// one key per message (msg.go:182).
 //
 // A DKIMSigner is immutable and safe for concurrent use. The nil
 // *DKIMSigner signs nothing.
