@@ -15,7 +15,8 @@ import (
 
 const polish = "Zażółć gęślą jaźń"
 
-// render builds req and writes it out as the SMTP server would receive it.
+// render builds req and renders it as the transports send it: the bytes
+// of DATA before dot-stuffing, DKIM signatures included.
 func render(t testing.TB, req *schema.Request, opts BuildOptions) (*Envelope, []byte) {
 	t.Helper()
 	if err := req.Validate(); err != nil {
@@ -25,11 +26,11 @@ func render(t testing.TB, req *schema.Request, opts BuildOptions) (*Envelope, []
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
-	var buf bytes.Buffer
-	if _, err := env.Msg.WriteTo(&buf); err != nil {
-		t.Fatalf("WriteTo: %v", err)
+	raw, err := env.render()
+	if err != nil {
+		t.Fatalf("render: %v", err)
 	}
-	return env, buf.Bytes()
+	return env, raw
 }
 
 func addrStrings(l []*mail.Address) []string {
@@ -169,7 +170,8 @@ func TestBuildPlainAndDefaults(t *testing.T) {
 	if env.From != "noreply@example.org" || pm.Subject != polish {
 		t.Errorf("from %q subject %q", env.From, pm.Subject)
 	}
-	if len(pm.Parts) != 1 || pm.Parts[0].ContentType != "text/plain" || string(pm.Parts[0].Body) != polish+"\r\nline two" {
+	// The message ends with a CRLF, as SMTP delivers it.
+	if len(pm.Parts) != 1 || pm.Parts[0].ContentType != "text/plain" || string(pm.Parts[0].Body) != polish+"\r\nline two\r\n" {
 		t.Errorf("parts = %+v", pm.Parts)
 	}
 	for _, h := range []string{"Importance", "X-Priority", "Reply-To", "Cc"} {
@@ -195,6 +197,24 @@ func TestHTMLToText(t *testing.T) {
 		"<ul><li>one</li><li>two</li></ul>":        "- one\n- two",
 		"&lt;tag&gt; &amp; &#x17c;":                "<tag> & ż",
 		"  lots   of\n\n\n\n\nspace  ":             "lots of\n\nspace",
+		// What regular expressions got wrong.
+		"a<!-- <p>hidden</p> -->b":                                        "ab",
+		"<!-- a > b -->shown<!---->":                                      "shown",
+		`<a href="https://e.x/?q=a>b" title="x > y">go</a>`:               "go (https://e.x/?q=a>b)",
+		`<img alt="a > b" src="x.png">after`:                              "after",
+		`<p data-x=">">one</p><p>two</p>`:                                 "one\n\ntwo",
+		"<script>if (a > b) { document.write('</p>x') }</script>kept":     "kept",
+		"<STYLE>p > a { color: red }</STYLE><P>Upper</P>":                 "Upper",
+		"<head><title>Title</title><body>Body text":                       "Body text",
+		"<head><title>T</title></head><p>x</p>":                           "x",
+		`<a href="cid:logo"><img src="cid:logo"> Logo</a>`:                "Logo",
+		`<a href="mailto:a@b.pl">a@b.pl</a>`:                              "a@b.pl",
+		`<a href="https://e.x/?a=1&amp;b=2"><b>bold</b> link</a>`:         "bold link (https://e.x/?a=1&b=2)",
+		`<a href="https://e.x">unclosed`:                                  "unclosed (https://e.x)",
+		"<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>": "a b\n\nc",
+		"x&nbsp;&nbsp;y &copy; 2026":                                      "x y © 2026",
+		"<div>a<p>b</p>c</div>":                                           "a\n\nb\n\nc",
+		"<ol><li>one<li>two</ol>":                                         "- one\n- two",
 	} {
 		if got := htmlToText(in); got != want {
 			t.Errorf("htmlToText(%q) = %q, want %q", in, got, want)

@@ -44,6 +44,10 @@ type Metrics struct {
 	SMTPConnections *prometheus.GaugeVec
 	// DeadLetters counts requests copied to the dead-letter stream.
 	DeadLetters prometheus.Counter
+	// DKIMSigned counts messages signed with DKIM, by signing domain (d=):
+	// one per message rendered for a delivery attempt, however many keys
+	// of the domain signed it.
+	DKIMSigned *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg (a nil reg
@@ -104,10 +108,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "jetmail", Name: "dead_letters_total",
 			Help: "Requests copied to the dead-letter stream.",
 		}),
+		DKIMSigned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "dkim_signed_total",
+			Help: "Messages signed with DKIM (one per delivery attempt), by signing domain.",
+		}, []string{"domain"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
-			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters)
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters, m.DKIMSigned)
 	}
 	for _, o := range []string{"accepted", "invalid", "duplicate", "scheduled"} {
 		m.Requests.WithLabelValues(o)

@@ -17,7 +17,8 @@ type parsedPart struct {
 	ContentType string            // media type, lower case
 	Params      map[string]string // Content-Type parameters
 	Disposition string
-	FileName    string // decoded (RFC 2231 / 2047)
+	FileName    string // Content-Disposition filename, decoded (RFC 2231)
+	Name        string // Content-Type name, decoded (RFC 2231)
 	ContentID   string
 	Body        []byte // decoded
 	Path        string // e.g. "multipart/mixed>multipart/related>text/html"
@@ -104,10 +105,8 @@ func walkPart(t testing.TB, pm *parsedMessage, h headerGetter, body io.Reader, p
 		}
 		pp.Disposition = disp
 		pp.FileName = dparams["filename"]
-		if dec, err := wordDecoder.DecodeHeader(pp.FileName); err == nil {
-			pp.FileName = dec
-		}
 	}
+	pp.Name = params["name"]
 	pm.Parts = append(pm.Parts, pp)
 }
 
