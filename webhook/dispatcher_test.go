@@ -76,6 +76,49 @@ func TestDeliversEveryEvent(t *testing.T) {
 	waitFor(t, 5*time.Second, "jetmail_webhook_pending 0", func() bool { return d.pending("crm") == 0 })
 }
 
+// TestStreamWithoutEventSubjects: the result stream as today's worker
+// creates it has no <prefix>.event.> subject; the consumer's filter may
+// name it all the same.
+func TestStreamWithoutEventSubjects(t *testing.T) {
+	t.Parallel()
+	js := connect(t, startNATS(t).url())
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: "JETMAIL_RESULTS", Subjects: []string{"mail.result.>"}, Storage: jetstream.FileStorage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := newReceiver(t, testKey)
+	d := startDispatcher(t, js, []Config{hookTo("crm", r)}, fastOptions(), nil)
+	evs := []event{publishResult(t, js, "only-results", schema.StateSent)}
+	waitFor(t, 10*time.Second, "the event delivered", func() bool { return r.count() == 1 })
+	waitFor(t, 10*time.Second, "the consumer idle", func() bool { return consumerIdle(t, js, "crm") })
+	checkDelivered(t, r, evs)
+	d.wantDeliveries(t, "crm", 1, 0, 0)
+}
+
+// TestStreamCreatedLater: a dispatcher started before the worker has
+// created the result stream waits for it, and gets the events stored
+// before it could create its consumer (DeliverNew would lose them).
+func TestStreamCreatedLater(t *testing.T) {
+	t.Parallel()
+	js := connect(t, startNATS(t).url())
+	r := newReceiver(t, testKey)
+	var logs lockedBuffer
+	hooks := []Config{hookTo("crm", r)}
+	d := newDispatcher(t, js, hooks, fastOptions(), slog.New(slog.NewTextHandler(&logs, nil)))
+	d.start(t)
+	waitFor(t, 10*time.Second, "a failed consumer set-up", func() bool {
+		return strings.Contains(logs.String(), "cannot set up the webhook's consumer; retrying")
+	})
+	createResultStream(t, js)
+	evs := []event{publishResult(t, js, "early", schema.StateAccepted)}
+	if _, err := js.Consumer(context.Background(), "JETMAIL_RESULTS", ConsumerPrefix+"crm"); err == nil {
+		t.Fatal("the consumer was created before the event was stored: the test proves nothing")
+	}
+	waitFor(t, 10*time.Second, "the early event delivered", func() bool { return r.count() == 1 })
+	checkDelivered(t, r, evs)
+}
+
 func TestRetries(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
