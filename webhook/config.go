@@ -282,11 +282,12 @@ func LoadFile(path string) ([]Config, error) {
 	)
 	for _, name := range names {
 		h, p := file.Webhooks[name], pos.hooks[name]
+		// bad records a problem; format's verbs may include one %w.
 		bad := func(line int, format string, args ...any) {
 			if line == 0 {
 				line = p.line
 			}
-			errs = append(errs, fmt.Errorf("%s: webhook %q: %s", at(line), name, fmt.Sprintf(format, args...)))
+			errs = append(errs, fmt.Errorf("%s: webhook %q: "+format, append([]any{at(line), name}, args...)...))
 		}
 		if !validName.MatchString(name) {
 			bad(0, "not a valid name: use 1 to 64 letters, digits, '-' and '_' (it names the JetStream consumer jetmail-webhook-NAME)")
@@ -298,7 +299,7 @@ func LoadFile(path string) ([]Config, error) {
 		}
 		c := Config{Name: name, URL: h.URL}
 		if err := checkURL(h.URL); err != nil {
-			bad(p.keys["url"], "%v", err)
+			bad(p.keys["url"], "%w", err)
 		}
 		if h.SecretFile == "" {
 			bad(0, "secret_file is missing (a file holding \"whsec_\" + base64 of the signing key)")
@@ -309,7 +310,7 @@ func LoadFile(path string) ([]Config, error) {
 			}
 			key, err := readSecret(sf)
 			if err != nil {
-				bad(p.keys["secret_file"], "secret_file: %v", err)
+				bad(p.keys["secret_file"], "secret_file: %w", err)
 			}
 			c.Secret = key
 		}
@@ -319,7 +320,7 @@ func LoadFile(path string) ([]Config, error) {
 				if i < len(p.states) {
 					line = p.states[i]
 				}
-				bad(line, "%v", err)
+				bad(line, "%w", err)
 			}
 		}
 		c.States, _ = checkStates(h.States)

@@ -206,6 +206,14 @@ func TestLoadFileErrors(t *testing.T) {
 	}
 }
 
+func TestLoadFileWrapsErrors(t *testing.T) {
+	t.Parallel()
+	dir := writeFiles(t, map[string]string{"w.yaml": "webhooks:\n  crm: {url: https://x.example/, secret_file: gone}\n"})
+	if _, err := LoadFile(filepath.Join(dir, "w.yaml")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("LoadFile with a missing secret file: %v does not wrap fs.ErrNotExist", err)
+	}
+}
+
 func TestLoadFileMissing(t *testing.T) {
 	t.Parallel()
 	_, err := LoadFile(filepath.Join(t.TempDir(), "nope.yaml"))
