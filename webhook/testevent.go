@@ -28,6 +28,7 @@ func Test(ctx context.Context, c Config, client *http.Client) (status int, body 
 	if client == nil {
 		client = newClient(1)
 		client.Timeout = DefaultTimeout
+		defer client.CloseIdleConnections()
 	}
 	var b [12]byte
 	_, _ = rand.Read(b[:])
