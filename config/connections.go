@@ -66,6 +66,15 @@ type fileConnection struct {
 	HELO string `yaml:"helo"`
 	// Timeout bounds each SMTP command, such as 30s.
 	Timeout time.Duration `yaml:"timeout"`
+	// DKIM are the connection's signing keys.
+	DKIM []fileDKIMKey `yaml:"dkim"`
+}
+
+// fileDKIMKey is one entry of a connection's dkim list.
+type fileDKIMKey struct {
+	Domain   string `yaml:"domain"`
+	Selector string `yaml:"selector"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // fileConnectionKeys are the keys a connection may have, for error
@@ -161,6 +170,9 @@ func LoadConnections(path string, lookupEnv func(string) (string, bool), logger 
 			AllowedSenders: c.AllowedSenders,
 			HELO:           c.HELO,
 			Timeout:        c.Timeout,
+		}
+		for _, k := range c.DKIM {
+			sc.DKIM = append(sc.DKIM, DKIMKey{Domain: k.Domain, Selector: k.Selector, KeyFile: rel(k.KeyFile)})
 		}
 		sources := 0
 		for _, s := range []string{c.Password, c.PasswordFile, c.PasswordEnv} {

@@ -80,6 +80,17 @@ type SMTP struct {
 	// NoPipelining sends one command per round trip even when the server
 	// offers PIPELINING (for benchmarks and broken servers).
 	NoPipelining bool
+	// DKIM are the connection's signing keys (contract §11). Mail whose
+	// From domain is a key's domain (or a subdomain) is signed with every
+	// key of that domain; none: nothing is signed.
+	DKIM []DKIMKey
+}
+
+// DKIMKey is one DKIM signing key of a connection: the domain it signs
+// for, its selector (the DNS record is at <selector>._domainkey.<domain>)
+// and the PEM file of its private key.
+type DKIMKey struct {
+	Domain, Selector, KeyFile string
 }
 
 // WithDefaults returns c with its zero settings replaced by their defaults.
@@ -115,6 +126,11 @@ func (c SMTP) Validate() error {
 	}
 	if _, err := c.Target(); err != nil {
 		errs = append(errs, err)
+	}
+	for i, k := range c.DKIM {
+		if k.Domain == "" || k.Selector == "" || k.KeyFile == "" {
+			errs = append(errs, fmt.Errorf("dkim key %d: domain, selector and key_file are all required", i+1))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -84,9 +84,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_, f.invalid = w.admission.CheckSender(req)
 	}
 	if f.invalid == nil {
-		env, err = Build(req, BuildOptions{DefaultFrom: w.admission.DefaultFrom(req), Date: j.firstSeen})
+		env, err = Build(req, BuildOptions{DefaultFrom: w.admission.DefaultFrom(req), Date: j.firstSeen,
+			DKIM: w.dkim[config.ConnectionName(req.Connection)]})
 		if err != nil {
-			f.invalid = &schema.ValidationError{Fields: []schema.FieldError{{Field: "From", Message: err.Error()}}}
+			field := "From"
+			if errors.Is(err, ErrOneClickNotConfigured) {
+				field = "Unsubscribe"
+			}
+			f.invalid = &schema.ValidationError{Fields: []schema.FieldError{{Field: field, Message: err.Error()}}}
 		} else {
 			f.base.MessageId = "<" + env.MessageID + ">"
 			f.envelope = &schema.Envelope{From: env.From, Recipients: env.To, Subject: req.Subject}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/dkim"
 	"github.com/jetmail/jetmail/schema"
 )
 
@@ -84,6 +85,11 @@ type Config struct {
 	// it is also a Gatherer (a *prometheus.Registry), else nothing is
 	// served unless it is set.
 	Gatherer prometheus.Gatherer
+	// Metrics, when set, are the collectors to use, registered by the
+	// caller, so that an HTTP API served beside the worker counts into the
+	// same ones (its cancellations in jetmail_cancelled_total). Nil: New
+	// makes them and registers them on its registerer.
+	Metrics *Metrics
 }
 
 // DefaultConfig returns the configuration of the contract's defaults.
@@ -260,6 +266,7 @@ type Worker struct {
 	transport Transport
 	smtp      *SMTPTransport // nil with the file transport
 	admission *config.Admission
+	dkim      map[string]*DKIMSigner // by connection
 	now       func() time.Time
 
 	results jetstream.Stream // for dedupe look-ups (direct get)
@@ -281,7 +288,10 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	w := &Worker{cfg: cfg, js: js, log: logger, metrics: NewMetrics(reg), now: time.Now, cancels: newCancelSet()}
+	w := &Worker{cfg: cfg, js: js, log: logger, metrics: cfg.Metrics, now: time.Now, cancels: newCancelSet()}
+	if w.metrics == nil {
+		w.metrics = NewMetrics(reg)
+	}
 	w.gatherer = cfg.Gatherer
 	if w.gatherer == nil {
 		if g, ok := reg.(prometheus.Gatherer); ok {
@@ -304,6 +314,20 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 			return nil, err
 		}
 		w.transport, w.smtp = st, st
+	}
+	w.dkim = map[string]*DKIMSigner{}
+	for name, c := range cfg.Connections {
+		var keys []*dkim.Key
+		for _, k := range c.DKIM {
+			key, err := dkim.LoadKeyFile(k.Domain, k.Selector, k.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("connection %q: %w", name, err)
+			}
+			keys = append(keys, key)
+		}
+		if w.dkim[name], err = NewDKIMSigner(keys, w.metrics); err != nil {
+			return nil, fmt.Errorf("connection %q: %w", name, err)
+		}
 	}
 	return w, nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"golang.org/x/term"
 
 	"github.com/jetmail/jetmail/config"
@@ -57,11 +58,19 @@ func (f *sendFlags) runBatch(ctx context.Context, s stdio) error {
 	}
 	defer closeIn()
 
+	if f.batchID == "" {
+		f.batchID = "batch-" + nuid.Next()
+	}
+	opts, err := f.publishOptions(true)
+	if err != nil {
+		return err
+	}
 	c, err := f.connect("send")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	fmt.Fprintf(s.errOut, "jetmail: batch %s (cancel it with: jetmail cancel --batch %s)\n", f.batchID, f.batchID)
 
 	type pending struct {
 		n   int
@@ -113,7 +122,7 @@ func (f *sendFlags) runBatch(ctx context.Context, s stdio) error {
 		}
 		lines++
 		line := bytes.Clone(l)
-		id, ack, err := c.p.PublishJSONAsync(line, producer.WithID(batchID(line, seen)))
+		id, ack, err := c.p.PublishJSONAsync(line, append(opts, producer.WithID(batchID(line, seen)))...)
 		var ve *schema.ValidationError
 		switch {
 		case errors.As(err, &ve):

@@ -115,6 +115,7 @@ func addLimitFlags(fs *pflag.FlagSet, l *schema.Limits) {
 	fs.IntVar(&l.MaxRecipients, "max-recipients", def.MaxRecipients, "most To, Cc and Bcc recipients of a request together; -1 for no limit")
 	fs.IntVar(&l.MaxHeaders, "max-headers", def.MaxHeaders, "most extra Headers of a request; -1 for no limit")
 	fs.IntVar(&l.MaxHeaderLength, "max-header-length", def.MaxHeaderLength, "longest extra header value and subject in bytes; -1 for no limit")
+	fs.DurationVar(&l.MaxSchedule, "max-schedule", def.MaxSchedule, "how far ahead SendAt may be; further is a 400")
 }
 
 // checkLimits reports each limit flag that is neither positive nor -1.
@@ -130,6 +131,9 @@ func checkLimits(l schema.Limits) []error {
 		if c.v == 0 || c.v < -1 {
 			errs = append(errs, badFlags("--%s must be positive, or -1 for no limit, got %d", c.name, c.v))
 		}
+	}
+	if l.MaxSchedule <= 0 {
+		errs = append(errs, badFlags("--max-schedule must be positive, got %s", l.MaxSchedule))
 	}
 	return errs
 }

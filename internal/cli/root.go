@@ -174,6 +174,8 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newBenchCmd(s),
 		newDeadCmd(s),
 		newGatewayCmd(s),
+		newDKIMCmd(s),
+		newCancelCmd(s),
 	)
 	annotateEnv(root)
 	return root

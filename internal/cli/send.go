@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
 )
 
@@ -26,13 +27,15 @@ import (
 type sendFlags struct {
 	clientFlags
 
-	to, cc, bcc, replyTo []string
-	from, subject, body  string
-	text, importance     string
-	connection, id       string
-	html                 bool
-	attach, inline       []string
-	headers, metadata    []string
+	to, cc, bcc, replyTo  []string
+	from, subject, body   string
+	text, importance      string
+	connection, id        string
+	priority, at, batchID string
+	unsubscribe           string
+	html                  bool
+	attach, inline        []string
+	headers, metadata     []string
 
 	file    string
 	batch   string
@@ -44,7 +47,7 @@ type sendFlags struct {
 // --batch replace.
 var messageFlags = []string{
 	"to", "cc", "bcc", "from", "subject", "body", "html", "text", "attach", "inline",
-	"importance", "reply-to", "header", "metadata", "connection", "id",
+	"importance", "reply-to", "header", "metadata", "connection", "id", "at", "unsubscribe",
 }
 
 const sendLong = `Publish a send request and print its Id.
@@ -101,6 +104,11 @@ func newSendCmd(s stdio) *cobra.Command {
 	fs.StringArrayVar(&f.metadata, "metadata", nil, "KEY=VALUE echoed in every result event (repeatable)")
 	fs.StringVar(&f.connection, "connection", "", "named SMTP connection to send through; default \"default\"")
 	fs.StringVar(&f.id, "id", "", "idempotency key [A-Za-z0-9_-]{1,128}; generated when absent")
+	fs.StringVar(&f.priority, "priority", "", "lane: urgent, normal or bulk (default: normal, bulk with --batch); requests that name a Priority keep theirs")
+	fs.StringVar(&f.at, "at", "", "send at this time: RFC 3339 with an offset (2026-12-24T09:00:00+01:00), or a duration from now (+2h)")
+	fs.StringVar(&f.batchID, "batch-id", "", "BatchId of the request(s), for cancelling and finding them together; --batch makes one when absent")
+	fs.StringVar(&f.unsubscribe, "unsubscribe", "", "add List-Unsubscribe: an https: or mailto: URL, or no value for jetmail's own one-click endpoint")
+	fs.Lookup("unsubscribe").NoOptDefVal = "true"
 	fs.StringVar(&f.file, "file", "", "read the request as JSON from this file (- for stdin) instead of the flags above")
 	fs.StringVar(&f.batch, "batch", "", "publish every request of this file of JSON lines (- for stdin)")
 	fs.BoolVar(&f.wait, "wait", false, "wait for the final result; exit 0 only if it is 200")
@@ -167,6 +175,10 @@ func (f *sendFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error {
 		return invalidRequest(s.errOut, "", err)
 	}
 
+	opts, err := f.publishOptions(false)
+	if err != nil {
+		return err
+	}
 	c, err := f.connect("send")
 	if err != nil {
 		return err
@@ -177,9 +189,9 @@ func (f *sendFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error {
 		ack *jetstream.PubAck
 	)
 	if payload != nil {
-		id, ack, err = c.p.PublishJSON(ctx, payload)
+		id, ack, err = c.p.PublishJSON(ctx, payload, opts...)
 	} else {
-		id, ack, err = c.p.Publish(ctx, req)
+		id, ack, err = c.p.Publish(ctx, req, opts...)
 	}
 	if err != nil {
 		return f.publishError(s.errOut, err)
@@ -233,6 +245,21 @@ func (f *sendFlags) request() (*schema.Request, error) {
 		TextBody:   f.text,
 		Connection: f.connection,
 		Id:         f.id,
+		BatchId:    f.batchID,
+	}
+	switch f.unsubscribe {
+	case "":
+	case "true":
+		req.Unsubscribe = schema.Unsubscribe{OneClick: true}
+	default:
+		req.Unsubscribe = schema.Unsubscribe{URL: f.unsubscribe}
+	}
+	if f.at != "" {
+		t, err := sendAt(f.at, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		req.SendAt = &t
 	}
 	if f.importance != "" {
 		// Normalises the case as decoding does; a wrong value is kept for
@@ -355,4 +382,43 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// sendAt reads --at: an RFC 3339 time with an offset, or "+DURATION" from
+// now.
+func sendAt(v string, now time.Time) (time.Time, error) {
+	if d, ok := strings.CutPrefix(v, "+"); ok {
+		dur, err := time.ParseDuration(d)
+		if err != nil || dur < 0 {
+			return time.Time{}, badFlags("--at %q: want an RFC 3339 time with an offset or +DURATION, such as +2h", v)
+		}
+		return now.Add(dur).Truncate(time.Second), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, badFlags("--at %q: want an RFC 3339 time with an offset, such as 2026-12-24T09:00:00+01:00, or +DURATION", v)
+	}
+	return t, nil
+}
+
+// publishOptions are the producer options of --priority and --batch-id
+// (for --batch: the bulk lane and a batch Id by default).
+func (f *sendFlags) publishOptions(batch bool) ([]producer.PublishOption, error) {
+	var opts []producer.PublishOption
+	if f.priority != "" {
+		l, err := schema.ParseLane(f.priority)
+		if err != nil || l == "" {
+			return nil, badFlags("--priority must be urgent, normal or bulk, got %q", f.priority)
+		}
+		opts = append(opts, producer.WithPriority(l))
+	} else if batch {
+		opts = append(opts, producer.WithDefaultPriority(schema.LaneBulk))
+	}
+	if f.batchID != "" {
+		if !schema.ValidID(f.batchID) {
+			return nil, badFlags("--batch-id must match [A-Za-z0-9_-]{1,128}, got %q", f.batchID)
+		}
+		opts = append(opts, producer.WithBatch(f.batchID))
+	}
+	return opts, nil
 }

@@ -22,6 +22,7 @@ type smtpFlags struct {
 	named             []string
 	rateLimit         float64
 	file              string
+	dkim              config.DKIMKey
 }
 
 func (f *smtpFlags) addFlags(fs *pflag.FlagSet) {
@@ -34,6 +35,9 @@ func (f *smtpFlags) addFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.rateLimit, "smtp-rate-limit", 0, "most messages per second through the default connection, shared by all its sessions; 0 means no limit")
 	fs.StringArrayVar(&f.named, "smtp-connection", nil, "another named SMTP connection, NAME=URL (repeatable); it shares the other --smtp-* settings but takes its password from its URL")
 	fs.StringVar(&f.file, "connections", "", "YAML file of named SMTP connections (see deploy/connections.example.yaml); the --smtp-* flags override its \"default\"")
+	fs.StringVar(&f.dkim.Domain, "dkim-domain", "", "domain of a DKIM key of the default connection (with --dkim-selector and --dkim-key-file); more keys go in the connections file")
+	fs.StringVar(&f.dkim.Selector, "dkim-selector", "", "selector of that DKIM key (its record is at SELECTOR._domainkey.DOMAIN)")
+	fs.StringVar(&f.dkim.KeyFile, "dkim-key-file", "", "PEM file of that DKIM key's private key (jetmail dkim keygen writes one)")
 }
 
 // connections resolves the flags and the file into named connections: the
@@ -126,8 +130,20 @@ func (f *smtpFlags) connections(fs *pflag.FlagSet, logger *slog.Logger) (map[str
 			logger.Warn("no default connection (--smtp-url, or \"default\" in --connections): requests that name no Connection will fail with status 400")
 		}
 	}
+	if d := f.dkim; d != (config.DKIMKey{}) {
+		c, ok := conns["default"]
+		switch {
+		case d.Domain == "" || d.Selector == "" || d.KeyFile == "":
+			errs = append(errs, badFlags("--dkim-domain, --dkim-selector and --dkim-key-file go together"))
+		case !ok:
+			errs = append(errs, badFlags("--dkim-* sign the default connection's mail; there is none (--smtp-url)"))
+		default:
+			c.DKIM = append(c.DKIM, d)
+			conns["default"] = c
+		}
+	}
 	if len(conns) == 0 {
-		return nil, nil
+		return nil, errors.Join(errs...)
 	}
 	// Check the URLs and CA files now rather than after connecting to NATS;
 	// this dials nothing.

@@ -128,7 +128,8 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringVar(&c.Templates, "templates", "", "folder of message templates (NAME.subject.tmpl, NAME.text.tmpl, NAME.html.tmpl) that requests name with Template")
 	addLimitFlags(fs, &c.Limits)
 	f.api.addFlags(fs)
-	fs.IntVar(&c.Prefetch, "prefetch", 0, "requests buffered ahead of the deliveries; 0 means --concurrency")
+	fs.IntVar(&c.Prefetch, "prefetch", 0, "requests buffered ahead of the deliveries, split between the lanes; 0 means --concurrency")
+	fs.Float64Var(&c.LaneShare, "lane-share", def.LaneShare, "least share of the deliveries a lane with requests waiting gets while more urgent lanes have work (below 0.5)")
 	fs.DurationVar(&c.AckWait, "ack-wait", def.AckWait, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
 	f.nats.addFlags(fs)
 	f.embedded.addFlags(fs)
@@ -153,7 +154,7 @@ var configFlags = map[string]string{
 	"AckWait": "ack-wait", "Replicas": "replicas",
 	"Limits.MaxRequestBytes": "max-request-bytes", "Limits.MaxAttachmentBytes": "max-attachment-bytes",
 	"Limits.MaxRecipients": "max-recipients", "Limits.MaxHeaders": "max-headers", "Limits.MaxHeaderLength": "max-header-length",
-	"Connections": "smtp-url",
+	"Connections": "smtp-url", "LaneShare": "lane-share",
 }
 
 // config turns the flags into a worker configuration: the values a flag
@@ -293,17 +294,19 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
-	api, err := httpapi.New(httpapi.Config{Names: cfg.Names, Admission: adm, Tokens: f.api.tokens}, js, logger)
-	if err != nil {
-		return withCode(exitUsage, err)
-	}
-	cfg.API = api.Handler()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	cfg.Gatherer = reg
+	cfg.Metrics = worker.NewMetrics(reg) // shared with the API, which counts its cancellations
+	api, err := httpapi.New(httpapi.Config{Names: cfg.Names, Admission: adm, Tokens: f.api.tokens,
+		Cancelled: cfg.Metrics.Cancelled}, js, logger)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	cfg.API = api.Handler()
 	w, err := worker.New(cfg, js, reg, logger)
 	if err != nil {
 		return withCode(exitUsage, err)

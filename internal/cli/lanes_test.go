@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetmail/jetmail/internal/jstest"
+	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/worker/smtptest"
+)
+
+// TestSendLanesScheduleAndCancel: send --priority publishes on the lane's
+// subject, --at schedules, --batch-id sets the BatchId, send --batch
+// publishes on the bulk lane with a batch Id it prints, and cancel ends a
+// scheduled message with 410 and says so.
+func TestSendLanesScheduleAndCancel(t *testing.T) {
+	t.Parallel()
+	_, url := startNATS(t)
+	startWorker(t, "--nats-url", url, "--http-addr", "127.0.0.1:0", "--outbox", t.TempDir())
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.SubscribeSync("mail.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bulk, _ := nc.SubscribeSync("mail.bulk")
+	send := func(args ...string) runResult {
+		t.Helper()
+		return jetmail(t, testCtx(t), "", append([]string{"send", "--nats-url", url}, args...)...)
+	}
+
+	if r := send("--to", "a@example.com", "--priority", "urgent", "--id", "lane-u", "--wait"); r.code != 0 {
+		t.Fatalf("send --priority urgent: exit %d", r.code)
+	}
+	if m, err := sub.NextMsg(5 * time.Second); err != nil || m.Subject != "mail.urgent" {
+		t.Errorf("published on %v (%v), want mail.urgent", m, err)
+	}
+	if r := send("--to", "a@example.com", "--priority", "fast"); r.code != 2 || !strings.Contains(r.stderr, "--priority") {
+		t.Errorf("a bad --priority: exit %d, %q", r.code, r.stderr)
+	}
+	r := send("--to", "a@example.com", "--at", "+1h", "--id", "lane-at", "--batch-id", "promo-1")
+	if r.code != 0 {
+		t.Fatalf("send --at: exit %d", r.code)
+	}
+	var ev schema.Result
+	jstest.Eventually(t, 5*time.Second, func() bool {
+		st := jetmail(t, testCtx(t), "", "status", "--nats-url", url, "lane-at")
+		return json.Unmarshal([]byte(st.stdout), &ev) == nil && ev.State != ""
+	})
+	if ev.State != schema.StateScheduled || ev.BatchId != "promo-1" || ev.SendAt == nil || time.Until(*ev.SendAt) < 59*time.Minute {
+		t.Fatalf("status of lane-at: %+v, want scheduled an hour ahead in batch promo-1", ev)
+	}
+	if r := jetmail(t, testCtx(t), "", "cancel", "--nats-url", url, "lane-at", "lane-u", "lane-nobody"); r.code != 1 ||
+		r.stdout != "lane-at cancelled\nlane-u too late (sent)\nlane-nobody unknown\n" {
+		t.Errorf("cancel: exit %d, stdout %q", r.code, r.stdout)
+	}
+	if r := jetmail(t, testCtx(t), "", "cancel", "--nats-url", url, "lane-at"); r.code != 0 || r.stdout != "lane-at cancelled\n" {
+		t.Errorf("cancel again: exit %d, stdout %q", r.code, r.stdout)
+	}
+
+	file := filepath.Join(t.TempDir(), "b.ndjson")
+	os.WriteFile(file, []byte(`{"To":"a@example.com","Subject":"one"}`+"\n"+`{"To":"b@example.com","Subject":"two"}`+"\n"), 0o600)
+	r = send("--batch", file)
+	if r.code != 0 || !strings.Contains(r.stderr, "jetmail: batch batch-") {
+		t.Fatalf("send --batch: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for range 2 {
+		m, err := bulk.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var req struct{ BatchId string }
+		_ = json.Unmarshal(m.Data, &req)
+		if !strings.HasPrefix(req.BatchId, "batch-") || !strings.Contains(r.stderr, req.BatchId) {
+			t.Errorf("batch line published with BatchId %q; stderr %q", req.BatchId, r.stderr)
+		}
+	}
+	if r := jetmail(t, testCtx(t), "", "cancel", "--nats-url", url, "--batch", "promo-1"); r.code != 0 || r.stdout != "batch promo-1: 1 cancelled, 0 too late\n" {
+		t.Errorf("cancel --batch: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+// TestDKIMKeygenAndSigning makes a key with `jetmail dkim keygen`, runs a
+// worker that signs with it, and verifies what the SMTP server received
+// against the record keygen printed, with an independent verifier.
+func TestDKIMKeygenAndSigning(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "dkim.pem")
+	r := jetmail(t, testCtx(t), "", "dkim", "keygen", "--domain", "example.com", "--selector", "s2026", "--out", key)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, `s2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=`) {
+		t.Fatalf("keygen: exit %d, stdout %q", r.code, r.stdout)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v, %v; want mode 0600", fi, err)
+	}
+	var txt []string
+	for _, part := range strings.Split(strings.TrimSpace(r.stdout), `"`)[1:] {
+		if strings.TrimSpace(part) != "" {
+			txt = append(txt, part)
+		}
+	}
+	for _, p := range txt {
+		if len(p) > 255 {
+			t.Errorf("a TXT string of %d characters, over 255", len(p))
+		}
+	}
+	if r := jetmail(t, testCtx(t), "", "dkim", "keygen", "--domain", "example.com", "--selector", "s2026", "--out", key); r.code != 2 {
+		t.Errorf("keygen over an existing key: exit %d, want 2", r.code)
+	}
+
+	_, url := startNATS(t)
+	srv := smtptest.NewServer(t)
+	if r := jetmail(t, testCtx(t), "", "worker", "--nats-url", url, "--smtp-url", srv.URL(), "--http-addr", "127.0.0.1:0",
+		"--dkim-domain", "example.com", "--dkim-selector", "s2026", "--dkim-key-file", filepath.Join(dir, "missing.pem")); r.code != 2 ||
+		!strings.Contains(r.stderr, "missing.pem") {
+		t.Errorf("a missing key file: exit %d, stderr %q; want 2 naming the file", r.code, r.stderr)
+	}
+	startWorker(t, "--nats-url", url, "--smtp-url", srv.URL(), "--http-addr", "127.0.0.1:0",
+		"--dkim-domain", "example.com", "--dkim-selector", "s2026", "--dkim-key-file", key)
+	if r := jetmail(t, testCtx(t), "", "send", "--nats-url", url, "--to", "jan@example.org", "--from", "Shop <shop@example.com>",
+		"--subject", "Zażółć gęślą jaźń", "--body", "signed", "--wait"); r.code != 0 {
+		t.Fatalf("send: exit %d", r.code)
+	}
+	msgs := srv.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	verifications, err := dkim.VerifyWithOptions(strings.NewReader(string(msgs[0].Data)), &dkim.VerifyOptions{
+		LookupTXT: func(domain string) ([]string, error) { return []string{strings.Join(txt, "")}, nil },
+	})
+	if err != nil || len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "example.com" {
+		t.Errorf("verifications %+v, %v; want one valid signature of example.com", verifications, err)
+	}
+}
