@@ -1,10 +1,16 @@
 package cli
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +19,7 @@ import (
 
 	"github.com/jetmail/jetmail/internal/jstest"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/webhook"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
 
@@ -141,5 +148,51 @@ func TestDKIMKeygenAndSigning(t *testing.T) {
 	})
 	if err != nil || len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "example.com" {
 		t.Errorf("verifications %+v, %v; want one valid signature of example.com", verifications, err)
+	}
+}
+
+// TestWorkerWebhook runs a worker with --webhook: the receiver gets the
+// message's events, signed with the key of --webhook-secret-file, and
+// `jetmail webhooks test` reaches it too.
+func TestWorkerWebhook(t *testing.T) {
+	t.Parallel()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	secretFile := writeFileIn(t, t.TempDir(), "hook", "whsec_"+base64.StdEncoding.EncodeToString(key))
+	var mu sync.Mutex
+	var states []string
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := webhook.Verify(key, r.Header, body, time.Now(), 0); err != nil {
+			t.Errorf("a webhook POST does not verify: %v", err)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var ev schema.Result
+		_ = json.Unmarshal(body, &ev)
+		mu.Lock()
+		states = append(states, string(ev.State))
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer recv.Close()
+	_, url := startNATS(t)
+	startWorker(t, "--nats-url", url, "--http-addr", "127.0.0.1:0", "--outbox", t.TempDir(),
+		"--webhook", recv.URL, "--webhook-secret-file", secretFile)
+	if r := jetmail(t, testCtx(t), "", "send", "--nats-url", url, "--to", "a@example.com", "--wait"); r.code != 0 {
+		t.Fatalf("send: exit %d", r.code)
+	}
+	jstest.Eventually(t, 15*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(states, "sent")
+	})
+	if r := jetmail(t, testCtx(t), "", "webhooks", "test", "default", "--webhook", recv.URL, "--webhook-secret-file", secretFile); r.code != 0 ||
+		!strings.HasPrefix(r.stdout, "204 ") {
+		t.Errorf("webhooks test: exit %d, stdout %q", r.code, r.stdout)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(states, "accepted") || !slices.Contains(states, "test") {
+		t.Errorf("the receiver got %v, want the accepted and sent events and the test event", states)
 	}
 }

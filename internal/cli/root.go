@@ -176,6 +176,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newGatewayCmd(s),
 		newDKIMCmd(s),
 		newCancelCmd(s),
+		newWebhooksCmd(s),
 	)
 	annotateEnv(root)
 	return root

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -21,6 +22,7 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/httpapi"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/webhook"
 	"github.com/jetmail/jetmail/worker"
 )
 
@@ -33,6 +35,7 @@ type workerFlags struct {
 	subjectPrefix string
 	smtp          smtpFlags
 	api           apiTokenFlags
+	webhooks      webhookFlags
 	nats          natsAuth
 	embedded      embeddedFlags
 	log           logFlags
@@ -128,6 +131,7 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringVar(&c.Templates, "templates", "", "folder of message templates (NAME.subject.tmpl, NAME.text.tmpl, NAME.html.tmpl) that requests name with Template")
 	addLimitFlags(fs, &c.Limits)
 	f.api.addFlags(fs)
+	f.webhooks.addFlags(fs)
 	fs.IntVar(&c.Prefetch, "prefetch", 0, "requests buffered ahead of the deliveries, split between the lanes; 0 means --concurrency")
 	fs.Float64Var(&c.LaneShare, "lane-share", def.LaneShare, "least share of the deliveries a lane with requests waiting gets while more urgent lanes have work (below 0.5)")
 	fs.DurationVar(&c.AckWait, "ack-wait", def.AckWait, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
@@ -257,6 +261,10 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return err
 	}
+	hooks, err := f.webhooks.hooks()
+	if err != nil {
+		return err
+	}
 	natsOpts, err := f.nats.options(fs)
 	if err != nil {
 		return err
@@ -311,6 +319,23 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
+	// The webhooks' dispatcher runs beside the deliveries, on its own
+	// consumers, until the worker stops.
+	runCtx, stopHooks := context.WithCancel(ctx)
+	defer stopHooks()
+	var hooksDone sync.WaitGroup
+	if len(hooks) > 0 {
+		d, err := webhook.New(js, cfg.Names, hooks, reg, logger, webhook.Options{})
+		if err != nil {
+			return withCode(exitUsage, err)
+		}
+		hooksDone.Go(func() {
+			if err := d.Run(runCtx); err != nil {
+				logger.Error("webhooks stopped", "error", err)
+			}
+		})
+	}
+	defer hooksDone.Wait()
 	if err := w.Run(ctx); err != nil {
 		if ctx.Err() != nil {
 			// Stopped while starting up: that is a stop, not a failure.
