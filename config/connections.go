@@ -66,6 +66,8 @@ type fileConnection struct {
 	HELO string `yaml:"helo"`
 	// Timeout bounds each SMTP command, such as 30s.
 	Timeout time.Duration `yaml:"timeout"`
+	// OnUncertain is retry (default) or assume-sent.
+	OnUncertain string `yaml:"on_uncertain"`
 	// DKIM are the connection's signing keys.
 	DKIM []fileDKIMKey `yaml:"dkim"`
 }
@@ -170,6 +172,7 @@ func LoadConnections(path string, lookupEnv func(string) (string, bool), logger 
 			AllowedSenders: c.AllowedSenders,
 			HELO:           c.HELO,
 			Timeout:        c.Timeout,
+			OnUncertain:    c.OnUncertain,
 		}
 		for _, k := range c.DKIM {
 			sc.DKIM = append(sc.DKIM, DKIMKey{Domain: k.Domain, Selector: k.Selector, KeyFile: rel(k.KeyFile)})

@@ -80,11 +80,23 @@ type SMTP struct {
 	// NoPipelining sends one command per round trip even when the server
 	// offers PIPELINING (for benchmarks and broken servers).
 	NoPipelining bool
+	// OnUncertain is what follows an attempt that ended after the final
+	// "." of DATA without a reply, when the relay may have the message:
+	// OnUncertainRetry (the default: at least once, with the same
+	// Message-ID so receivers can drop the copy) or OnUncertainAssumeSent
+	// (at most once: the message ends sent, marked Uncertain).
+	OnUncertain string
 	// DKIM are the connection's signing keys (contract §11). Mail whose
 	// From domain is a key's domain (or a subdomain) is signed with every
 	// key of that domain; none: nothing is signed.
 	DKIM []DKIMKey
 }
+
+// The values of SMTP.OnUncertain.
+const (
+	OnUncertainRetry      = "retry"
+	OnUncertainAssumeSent = "assume-sent"
+)
 
 // DKIMKey is one DKIM signing key of a connection: the domain it signs
 // for, its selector (the DNS record is at <selector>._domainkey.<domain>)
@@ -126,6 +138,11 @@ func (c SMTP) Validate() error {
 	}
 	if _, err := c.Target(); err != nil {
 		errs = append(errs, err)
+	}
+	switch c.OnUncertain {
+	case "", OnUncertainRetry, OnUncertainAssumeSent:
+	default:
+		errs = append(errs, fmt.Errorf("on_uncertain must be %s or %s, got %q", OnUncertainRetry, OnUncertainAssumeSent, c.OnUncertain))
 	}
 	for i, k := range c.DKIM {
 		if k.Domain == "" || k.Selector == "" || k.KeyFile == "" {

@@ -73,6 +73,10 @@ type DeliveryError struct {
 	Reply *schema.SMTPReply
 	// Recipients holds the per-recipient rejections when Op is rcpt.
 	Recipients []schema.RecipientResult
+	// Uncertain says the failure came after the final "." of DATA and
+	// before the server's reply (a timeout, a dropped connection): the
+	// relay may have the message, so a retry may deliver it twice.
+	Uncertain bool
 	// Err is the underlying error.
 	Err error
 }
@@ -145,7 +149,7 @@ func replyOf(err error) *schema.SMTPReply {
 // permanentStatus. Without a reply (a dropped or refused connection, a
 // timeout, a TLS failure, a full disk in the outbox) the failure is
 // transient, except a message that cannot be rendered, which no retry
-// mends. A TLS failure is reported at OpTLS whatever step it surfaced in,
+// mends; when it came after the final "." of DATA it is also Uncertain. A TLS failure is reported at OpTLS whatever step it surfaced in,
 // so that the result says the relay's TLS is at fault.
 func Classify(err error) *DeliveryError {
 	if err == nil {
@@ -168,6 +172,7 @@ func Classify(err error) *DeliveryError {
 	}
 	r := replyOf(err)
 	d.Reply = r
+	d.Uncertain = r == nil && d.Op == OpDataClose
 	switch {
 	case r == nil && d.Op == OpBuild:
 		d.Class = Permanent

@@ -104,6 +104,28 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestUncertain: only a failure after the final "." and before any reply
+// leaves the relay possibly holding the message.
+func TestUncertain(t *testing.T) {
+	t.Parallel()
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"timeout waiting for the reply to the dot", withOp(OpDataClose, timeout), true},
+		{"dropped after the dot", withOp(OpDataClose, io.EOF), true},
+		{"451 after the dot", withOp(OpDataClose, reply(451, "4.3.0 later")), false},
+		{"dropped while writing the message", withOp(OpWrite, io.EOF), false},
+		{"dropped before DATA", withOp(OpRcpt, io.EOF), false},
+	} {
+		if got := Classify(tc.err).Uncertain; got != tc.want {
+			t.Errorf("%s: Uncertain = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 // TestSessionShape is the table of the session-shape checks: whether an
 // error is a reply (the session is in step) and whether an error at the
 // first command of a reused session means it was already dead.

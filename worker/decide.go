@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jetmail/jetmail/config"
@@ -43,6 +44,7 @@ const (
 	rowSend          row = "send"                 // go on: accepted on the first attempt
 	rowShutdown      row = "shutdown during send" // the grace period ran out: Nak, no event
 	rowSent          row = "sent"                 // 250 after DATA: 200, Ack
+	rowPartial       row = "sent, some to retry"  // some recipients refused it for now: 202 deferred, NakWithDelay
 	rowDeferred      row = "transient, retry"     // 202 deferred, NakWithDelay
 	rowExhausted     row = "transient, exhausted" // attempts or age used up: 500/401, dead letter, Term
 	rowPermanent     row = "permanent"            // 5xx: 403/404/500, dead letter, Term
@@ -53,13 +55,14 @@ const (
 var allRows = []row{
 	rowNoMetadata, rowShutdownIdle, rowInvalid, rowDuplicateSent, rowAlreadyFinal, rowAlreadyGone,
 	rowCancelled, rowForbidden, rowOverAttempts, rowScheduled, rowSend, rowShutdown, rowSent,
-	rowDeferred, rowExhausted, rowPermanent,
+	rowPartial, rowDeferred, rowExhausted, rowPermanent,
 }
 
 // lastEvent is what dedupe found: the latest stored event of the Id.
 type lastEvent struct {
-	state schema.State
-	seq   uint64 // its sequence in the result stream
+	state      schema.State
+	recipients []schema.RecipientResult
+	seq        uint64 // its sequence in the result stream
 	// sameRequest says it is about this very request message (the same
 	// stream sequence), not an earlier publish of the Id.
 	sameRequest bool
@@ -82,9 +85,15 @@ type facts struct {
 	sendAt     *time.Time // the request must wait until then (not yet parked)
 	envelope   *schema.Envelope
 
-	attempted bool
-	delivery  Delivery
-	failure   *DeliveryError // nil: sent
+	attempted   bool
+	attemptedTo []string // the recipients of this attempt (those not settled before)
+	delivery    Delivery
+	failure     *DeliveryError // nil: sent
+	// prior are the recipients' outcomes of earlier attempts, from the
+	// latest event: a retry goes only to those still waiting (202).
+	prior []schema.RecipientResult
+	// assumeSent is the connection's on_uncertain: assume-sent.
+	assumeSent bool
 }
 
 // decision is the effect of one delivery: the event to publish (if any),
@@ -123,6 +132,7 @@ type decision struct {
 //	send                  accepted 202 on attempt 1       —     (send)     accepted on attempt 1
 //	shutdown during send  —                               —     Nak        —
 //	sent                  sent 200 (+Recipients)          —     Ack        —
+//	sent, some to retry   deferred 202, Recipients 200/202 —    NakDelay   —
 //	transient, retry      deferred 202, NextAttemptAt     —     NakDelay   —
 //	transient, exhausted  failed 500 (401 for auth)       yes   Term       —
 //	permanent             failed 403/404/500              yes   Term       —
@@ -175,20 +185,111 @@ func decide(f facts, p RetryPolicy) decision {
 		return d
 	case f.shutdown:
 		return decision{row: rowShutdown, verb: verbNak}
-	case f.failure == nil:
-		ev.State, ev.Status, ev.Smtp, ev.Recipients = schema.StateSent, schema.Status200, f.delivery.Reply, f.delivery.Rejected
-		return decision{row: rowSent, event: &ev, verb: verbAck}
 	}
+	// The attempt is over: who has the message now?
 	de := f.failure
-	ev.Smtp, ev.Recipients = de.Reply, de.Recipients
-	if de.Class == Transient {
-		if next, ok := p.Next(f.attempt, f.firstSeen, f.now); ok {
-			ev.State, ev.Status, ev.Error = schema.StateDeferred, schema.Status202, de.Error()
-			ev.NextAttemptAt = &next
-			return decision{row: rowDeferred, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
+	if de != nil && de.Uncertain {
+		ev.Uncertain = true // the relay may have it (contract §3)
+		if f.assumeSent {
+			de = nil // at most once: take it as delivered
 		}
-		return fail(rowExhausted, de.Status, fmt.Sprintf("gave up after %d attempts over %s: %s",
-			f.attempt, f.now.Sub(f.firstSeen).Round(time.Second), de.Error()), true, "")
 	}
-	return fail(rowPermanent, de.Status, de.Error(), true, "")
+	rcpts, accepted, waiting := mergeRecipients(f.prior, f.attemptedTo, f.delivery, de)
+	if de != nil && accepted == 0 {
+		// No recipient has it: the failure decides.
+		ev.Smtp, ev.Recipients = de.Reply, de.Recipients
+		if de.Class == Transient {
+			if next, ok := p.Next(f.attempt, f.firstSeen, f.now); ok {
+				ev.State, ev.Status, ev.Error = schema.StateDeferred, schema.Status202, de.Error()
+				ev.NextAttemptAt = &next
+				return decision{row: rowDeferred, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
+			}
+			return fail(rowExhausted, de.Status, fmt.Sprintf("gave up after %d attempts over %s: %s",
+				f.attempt, f.now.Sub(f.firstSeen).Round(time.Second), de.Error()), true, "")
+		}
+		return fail(rowPermanent, de.Status, de.Error(), true, "")
+	}
+	// Some recipient accepted it, now or on an earlier attempt.
+	ev.Smtp = f.delivery.Reply
+	if de != nil {
+		ev.Smtp = de.Reply
+	}
+	if waiting > 0 {
+		if next, ok := p.Next(f.attempt, f.firstSeen, f.now); ok {
+			ev.State, ev.Status, ev.Recipients, ev.NextAttemptAt = schema.StateDeferred, schema.Status202, rcpts, &next
+			ev.Error = fmt.Sprintf("%d of %d recipients refused it for now; retrying them", waiting, len(rcpts))
+			return decision{row: rowPartial, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
+		}
+		for i := range rcpts {
+			if rcpts[i].Status == schema.Status202 {
+				rcpts[i].Status = schema.Status500 // still refused when the attempts ran out
+			}
+		}
+	}
+	// The final event lists the recipients that do not have it.
+	ev.State, ev.Status = schema.StateSent, schema.Status200
+	for _, r := range rcpts {
+		if r.Status != schema.Status200 {
+			ev.Recipients = append(ev.Recipients, r)
+		}
+	}
+	return decision{row: rowSent, event: &ev, verb: verbAck}
+}
+
+// mergeRecipients merges the recipients' outcomes: those settled on earlier
+// attempts (prior: the latest event's Recipients), then those of this
+// attempt, which went to attempted. A recipient of this attempt is 200 when
+// the message was delivered and the server did not refuse it at RCPT; the
+// result of its refusal otherwise (202 while it may be retried). It returns
+// them in order with the number accepted (200) and waiting (202).
+func mergeRecipients(prior []schema.RecipientResult, attempted []string, d Delivery, de *DeliveryError) (rs []schema.RecipientResult, accepted, waiting int) {
+	now := map[string]schema.RecipientResult{}
+	for _, a := range attempted {
+		r := schema.RecipientResult{Address: a, Status: schema.Status200}
+		if de != nil {
+			r.Status = de.Status
+			if de.Class == Transient {
+				r.Status = schema.Status202
+			}
+			if de.Reply != nil {
+				r.Code, r.Message = de.Reply.Code, strings.TrimSpace(de.Reply.EnhancedCode+" "+de.Reply.Message)
+			}
+		}
+		now[strings.ToLower(a)] = r
+	}
+	refused := d.Rejected
+	if de != nil {
+		refused = de.Recipients
+	}
+	for _, r := range refused {
+		if _, ok := now[strings.ToLower(r.Address)]; ok {
+			now[strings.ToLower(r.Address)] = r
+		}
+	}
+	seen := map[string]bool{}
+	add := func(r schema.RecipientResult) {
+		if k := strings.ToLower(r.Address); !seen[k] {
+			seen[k] = true
+			rs = append(rs, r)
+		}
+	}
+	for _, r := range prior {
+		if n, ok := now[strings.ToLower(r.Address)]; ok {
+			add(n)
+		} else {
+			add(r)
+		}
+	}
+	for _, a := range attempted {
+		add(now[strings.ToLower(a)])
+	}
+	for _, r := range rs {
+		switch r.Status {
+		case schema.Status200:
+			accepted++
+		case schema.Status202:
+			waiting++
+		}
+	}
+	return rs, accepted, waiting
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"io"
 	"slices"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ func TestDecide(t *testing.T) {
 	transient := Classify(withOp(OpRcpt, reply(451, "4.3.0 later")))
 	auth := Classify(withOp(OpAuth, reply(535, "5.7.8 no")))
 	permanent := Classify(withOp(OpRcpt, reply(550, "5.1.1 unknown")))
+	uncertain := Classify(withOp(OpDataClose, io.EOF))
 	invalid := &schema.ValidationError{Fields: []schema.FieldError{{Field: "To[0]", Message: "not a valid email address"}}}
 	forbidden := &config.SenderNotAllowedError{From: "evil@example.org", Connection: "default"}
 	sent := Delivery{Reply: &schema.SMTPReply{Code: 250, Message: "queued"}}
@@ -111,6 +113,32 @@ func TestDecide(t *testing.T) {
 			want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
 		{"sent on the last attempt", base(3, func(f *facts) { f.attempted, f.delivery = true, sent }),
 			want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"one recipient refused for now, another took it", base(1, func(f *facts) {
+			f.attempted, f.attemptedTo = true, []string{"a@x", "b@x"}
+			f.delivery = Delivery{Reply: sent.Reply, Rejected: []schema.RecipientResult{{Address: "b@x", Status: 202, Code: 451}}}
+		}), want{rowPartial, schema.StateDeferred, 202, false, verbNakDelay, ""}},
+		{"the waiting recipient takes it on the retry", base(2, func(f *facts) {
+			f.attempted, f.attemptedTo, f.delivery = true, []string{"b@x"}, sent
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
+		}), want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"the waiting recipient refuses again: still waiting", base(2, func(f *facts) {
+			f.attempted, f.attemptedTo, f.failure = true, []string{"b@x"}, transient
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
+		}), want{rowPartial, schema.StateDeferred, 202, false, verbNakDelay, ""}},
+		{"the waiting recipient is still refused when the attempts run out: sent", base(3, func(f *facts) {
+			f.attempted, f.attemptedTo, f.failure = true, []string{"b@x"}, transient
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
+		}), want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"the waiting recipient is unknown: sent", base(2, func(f *facts) {
+			f.attempted, f.attemptedTo, f.failure = true, []string{"b@x"}, permanent
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
+		}), want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
+		{"uncertain: retried, marked", base(1, func(f *facts) {
+			f.attempted, f.attemptedTo, f.failure = true, []string{"a@x"}, uncertain
+		}), want{rowDeferred, schema.StateDeferred, 202, false, verbNakDelay, ""}},
+		{"uncertain with assume-sent: sent, marked", base(1, func(f *facts) {
+			f.attempted, f.attemptedTo, f.failure, f.assumeSent = true, []string{"a@x"}, uncertain, true
+		}), want{rowSent, schema.StateSent, 200, false, verbAck, ""}},
 		{"transient, attempts left", base(1, func(f *facts) { f.attempted, f.failure = true, transient }),
 			want{rowDeferred, schema.StateDeferred, 202, false, verbNakDelay, ""}},
 		{"auth, attempts left", base(2, func(f *facts) { f.attempted, f.failure = true, auth }),
@@ -140,6 +168,9 @@ func TestDecide(t *testing.T) {
 			if got != tc.want {
 				t.Fatalf("decision %+v\n want %+v", got, tc.want)
 			}
+			if tc.f.failure != nil && tc.f.failure.Uncertain && (d.event == nil || !d.event.Uncertain) {
+				t.Errorf("the event after an uncertain attempt is not marked Uncertain: %+v", d.event)
+			}
 			switch d.row {
 			case rowDeferred:
 				if d.event.NextAttemptAt == nil || d.delay != d.event.NextAttemptAt.Sub(tc.f.now) || d.delay <= 0 {
@@ -158,8 +189,21 @@ func TestDecide(t *testing.T) {
 					t.Errorf("accepted without its Envelope: %+v", d.event)
 				}
 			case rowSent:
-				if d.event.Smtp == nil || d.event.Smtp.Code != 250 {
+				if d.event.Smtp == nil && tc.f.failure == nil {
 					t.Errorf("sent event without the server's reply: %+v", d.event)
+				}
+				for _, r := range d.event.Recipients {
+					if r.Status == 202 {
+						t.Errorf("a final event with a waiting recipient: %+v", d.event.Recipients)
+					}
+				}
+			case rowPartial:
+				var st []schema.Status
+				for _, r := range d.event.Recipients {
+					st = append(st, r.Status)
+				}
+				if !slices.Contains(st, 200) || !slices.Contains(st, 202) || d.event.NextAttemptAt == nil {
+					t.Errorf("partial deferral without the accepted and the waiting recipients: %+v", d.event)
 				}
 			case rowPermanent, rowExhausted:
 				if d.event.Smtp == nil || d.event.Error == "" {

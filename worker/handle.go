@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -95,6 +96,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		} else {
 			f.base.MessageId = "<" + env.MessageID + ">"
 			f.envelope = &schema.Envelope{From: env.From, Recipients: env.To, Subject: req.Subject}
+			f.assumeSent = w.cfg.Connections[config.ConnectionName(req.Connection)].OnUncertain == config.OnUncertainAssumeSent
+			if f.last != nil {
+				// A retry goes only to the recipients still waiting.
+				f.prior = f.last.recipients
+				env.To = waitingRecipients(env.To, f.prior)
+			}
+			f.attemptedTo = env.To
 		}
 		// A request waits for its SendAt unless JetStream just published
 		// it because the time has come (it then carries Nats-Scheduler).
@@ -119,7 +127,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		env.stop = func() bool { return w.cancels.cancelled(j.id, f.base.BatchId) }
 		f.attempted = true
-		f.delivery, f.failure = w.send(ctx, j, env)
+		if len(env.To) > 0 { // none: every recipient was settled by an earlier attempt
+			f.delivery, f.failure = w.send(ctx, j, env)
+		}
 		f.now = w.now()
 		f.shutdown = errors.Is(context.Cause(ctx), errShutdown)
 		if f.failure != nil && errors.Is(f.failure, errCancelled) {
@@ -225,7 +235,27 @@ func (w *Worker) dedupe(ctx context.Context, j *job) *lastEvent {
 	if err := json.Unmarshal(raw.Data, &last); err != nil {
 		return nil
 	}
-	return &lastEvent{state: last.State, seq: raw.Sequence, sameRequest: raw.Header.Get(headerRequestSeq) == strconv.FormatUint(j.seq, 10)}
+	return &lastEvent{state: last.State, seq: raw.Sequence, recipients: last.Recipients,
+		sameRequest: raw.Header.Get(headerRequestSeq) == strconv.FormatUint(j.seq, 10)}
+}
+
+// waitingRecipients are the recipients of to that the earlier attempts
+// did not settle: all of them unless prior (the latest event's Recipients)
+// lists them with a status other than 202.
+func waitingRecipients(to []string, prior []schema.RecipientResult) []string {
+	settled := map[string]bool{}
+	for _, r := range prior {
+		if r.Status != schema.Status202 {
+			settled[strings.ToLower(r.Address)] = true
+		}
+	}
+	var out []string
+	for _, a := range to {
+		if !settled[strings.ToLower(a)] {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // send hands env to the transport and classifies what happened, counting
@@ -247,6 +277,9 @@ func (w *Worker) send(ctx context.Context, j *job, env *Envelope) (Delivery, *De
 		outcome = de.Class.String()
 	}
 	w.metrics.SMTPAttempts.WithLabelValues(conn, outcome).Inc()
+	if de != nil && de.Uncertain {
+		w.metrics.Uncertain.WithLabelValues(conn).Inc()
+	}
 	w.metrics.SMTPSend.WithLabelValues(conn).Observe(elapsed.Seconds())
 	switch {
 	case de != nil:

@@ -32,6 +32,9 @@ type Metrics struct {
 	Scheduled prometheus.Gauge
 	// Cancelled counts messages a worker ended as cancelled (410).
 	Cancelled prometheus.Counter
+	// Uncertain counts attempts that ended after the final "." of DATA
+	// without a reply, by connection.
+	Uncertain *prometheus.CounterVec
 	// AckPending is the number of requests taken by workers and not yet
 	// settled, including those waiting for a retry (deferred), refreshed
 	// periodically. It must stay below the consumer's MaxAckPending.
@@ -88,6 +91,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "jetmail", Name: "scheduled",
 			Help: "Requests waiting for their SendAt.",
 		}),
+		Uncertain: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "uncertain_total",
+			Help: "Attempts that ended after the final dot of DATA without a reply (the relay may have the message), by connection.",
+		}, []string{"connection"}),
 		Cancelled: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "jetmail", Name: "cancelled_total",
 			Help: "Messages a worker ended as cancelled (410).",
@@ -115,7 +122,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
-			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters, m.DKIMSigned)
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.Uncertain, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters, m.DKIMSigned)
 	}
 	for _, o := range []string{"accepted", "invalid", "duplicate", "scheduled"} {
 		m.Requests.WithLabelValues(o)

@@ -104,6 +104,7 @@ func TestCancelScheduled(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
 	b := smtpBundle(t, srv, Config{})
+	b.results = jstest.StoredResults(t, b.js, "") // what JetStream stored, not every publish
 	p := newProducer(t, b)
 	data, _ := json.Marshal(map[string]any{"Id": "cs-1", "To": "a@example.com", "SendAt": time.Now().Add(2 * time.Second).Format(time.RFC3339Nano)})
 	jstest.Publish(t, b.js, "", data, "cs-1")
@@ -133,6 +134,7 @@ func TestCancelWhileTheWorkerHoldsIt(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
 	b := smtpBundle(t, srv, Config{Concurrency: 2, Connections: map[string]config.SMTP{"default": {RateLimit: 0.5}}})
+	b.results = jstest.StoredResults(t, b.js, "")
 	p := newProducer(t, b)
 	b.publish(t, map[string]any{"Id": "hold-a", "To": "a@example.com"}, "hold-a") // takes the token
 	b.results.Final(t, "hold-a")
@@ -163,6 +165,7 @@ func TestCancelQueuedAndTooLate(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	srv.AddFault(smtptest.Fault{Cmd: "DATA", Times: 1, Delay: 2 * time.Second})
 	b := smtpBundle(t, srv, Config{Concurrency: 1, Prefetch: 3})
+	b.results = jstest.StoredResults(t, b.js, "")
 	p := newProducer(t, b)
 	b.publish(t, map[string]any{"Id": "q-slow", "To": "a@example.com"}, "q-slow")
 	b.results.WaitUntil(t, 10*time.Second, "q-slow accepted", func(events func(string) []schema.Result) bool { return len(events("q-slow")) == 1 })

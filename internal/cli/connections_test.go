@@ -115,7 +115,7 @@ func TestConnectionsFileErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown key", "connections:\n  default:\n    url: smtp://h:25\n    passwrod_file: x\n",
-			`:4: field passwrod_file is not a connection setting (known: url, password_file, password_env, password, ca_file, pool_size, rate_limit, from, allowed_senders, helo, timeout, dkim)`},
+			`:4: field passwrod_file is not a connection setting (known: url, password_file, password_env, password, ca_file, pool_size, rate_limit, from, allowed_senders, helo, timeout, on_uncertain, dkim)`},
 		{"unknown top-level key", "connections:\n  default:\n    url: smtp://h:25\nsmtp:\n  x: 1\n", ":4: field smtp is not known"},
 		{"syntax", "connections:\n  default:\n    url: smtp://h:25\n    from: a: b\n", ":4: mapping values are not allowed in this context"},
 		{"wrong type", "connections:\n  default:\n    url: smtp://h:25\n    pool_size: many\n", ":4: cannot unmarshal !!str `many` into int"},

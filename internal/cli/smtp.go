@@ -21,6 +21,7 @@ type smtpFlags struct {
 	allowed           []string
 	named             []string
 	rateLimit         float64
+	onUncertain       string
 	file              string
 	dkim              config.DKIMKey
 }
@@ -33,6 +34,7 @@ func (f *smtpFlags) addFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&f.poolSize, "smtp-pool-size", config.DefaultPoolSize, "largest number of open SMTP sessions per connection")
 	fs.StringSliceVar(&f.allowed, "smtp-allowed-senders", nil, "comma-separated senders allowed to send (addresses, or @domain); others get 403; empty allows all")
 	fs.Float64Var(&f.rateLimit, "smtp-rate-limit", 0, "most messages per second through the default connection, shared by all its sessions; 0 means no limit")
+	fs.StringVar(&f.onUncertain, "smtp-on-uncertain", config.OnUncertainRetry, "after a timeout or drop between the final dot of DATA and the reply: retry (at least once) or assume-sent (at most once)")
 	fs.StringArrayVar(&f.named, "smtp-connection", nil, "another named SMTP connection, NAME=URL (repeatable); it shares the other --smtp-* settings but takes its password from its URL")
 	fs.StringVar(&f.file, "connections", "", "YAML file of named SMTP connections (see deploy/connections.example.yaml); the --smtp-* flags override its \"default\"")
 	fs.StringVar(&f.dkim.Domain, "dkim-domain", "", "domain of a DKIM key of the default connection (with --dkim-selector and --dkim-key-file); more keys go in the connections file")
@@ -98,10 +100,13 @@ func (f *smtpFlags) connections(fs *pflag.FlagSet, logger *slog.Logger) (map[str
 		if changed("smtp-rate-limit") {
 			c.RateLimit = f.rateLimit
 		}
+		if changed("smtp-on-uncertain") {
+			c.OnUncertain = f.onUncertain
+		}
 		conns["default"] = c
 	case f.url != "":
 		c := flagConn(f.url)
-		c.Password, c.RateLimit = password, f.rateLimit
+		c.Password, c.RateLimit, c.OnUncertain = password, f.rateLimit, f.onUncertain
 		conns["default"] = c
 	}
 	for _, nc := range f.named {
