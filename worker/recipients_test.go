@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,5 +126,20 @@ func TestUncertainOutcome(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOversizedRequestGetsAResult: a request over --max-request-bytes that
+// NATS still carries is stored (the request stream has no size limit of
+// its own) and answered with its 400 result, so that even a publisher
+// that does not wait for the JetStream ack hears of it.
+func TestOversizedRequestGetsAResult(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{Limits: schema.Limits{MaxRequestBytes: 2000}})
+	body := strings.Repeat("x", 5000)
+	b.publish(t, map[string]any{"Id": "big-1", "To": "a@example.com", "Body": body}, "big-1")
+	fin, _ := b.results.Final(t, "big-1")
+	if fin.Status != schema.Status400 || len(fin.Fields) != 1 || !strings.Contains(fin.Fields[0].Message, "more than the limit of 2000") {
+		t.Errorf("final %+v, want 400 for the size", fin)
 	}
 }
