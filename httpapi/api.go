@@ -23,10 +23,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // Config configures the HTTP API.
@@ -53,6 +58,10 @@ type Config struct {
 	// Cancelled, when set, counts the messages the API cancelled (the
 	// worker's jetmail_cancelled_total, when the API is served beside it).
 	Cancelled prometheus.Counter
+	// Tracer makes the spans of the API's answers. Default:
+	// tracing.Tracer(), a no-op one unless tracing.Setup installed an
+	// exporter.
+	Tracer trace.Tracer
 }
 
 // Response is the JSON body of every answer of POST /v1/messages, and of
@@ -100,6 +109,7 @@ type API struct {
 	timeout   time.Duration
 	maxBatch  int64
 	cancelled prometheus.Counter
+	tracer    trace.Tracer
 	js        jetstream.JetStream
 	producer  *producer.Producer
 	log       *slog.Logger
@@ -120,6 +130,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 		timeout:   cfg.PublishTimeout,
 		maxBatch:  cmp.Or(cfg.MaxBatchBytes, 32<<20),
 		cancelled: cfg.Cancelled,
+		tracer:    cmp.Or[trace.Tracer](cfg.Tracer, tracing.Tracer()),
 		js:        js,
 		log:       logger,
 	}
@@ -151,7 +162,36 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	a.Register(mux)
-	return mux
+	return a.traced(mux)
+}
+
+// traced wraps h in a server span that continues the caller's trace (its
+// traceparent header), so that a request published by a handler carries
+// the trace on to the worker (contract §12).
+func (a *API) traced(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		ctx := tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := a.tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
+		defer span.End()
+		sw := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+		h.ServeHTTP(sw, r.WithContext(ctx))
+		span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+		if sw.status >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(sw.status))
+		}
+	})
+}
+
+// statusWriter remembers the status of an answer, for the span.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
 }
 
 // Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux.

@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -111,6 +112,15 @@ type publishOptions struct {
 	lane        schema.Lane
 	defaultLane schema.Lane
 	batch       string
+	ctx         context.Context
+}
+
+// WithTraceContext sets the W3C trace context of ctx's span on one request
+// (traceparent and tracestate headers, contract §12), for the asynchronous
+// publish methods, which take no context; Publish and PublishJSON use
+// their own context's.
+func WithTraceContext(ctx context.Context) PublishOption {
+	return func(o *publishOptions) { o.ctx = ctx }
 }
 
 // WithDefaultPriority publishes one request on the subject of lane l when

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -126,6 +127,7 @@ func (p *Producer) publish(ctx context.Context, msg *nats.Msg, id string, prepEr
 	if prepErr != nil {
 		return "", nil, prepErr
 	}
+	tracing.Inject(ctx, msg.Header)
 	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
 	if err != nil {
 		return id, nil, p.publishError(msg.Subject, id, err)
@@ -171,7 +173,9 @@ func (p *Producer) requestMsg(req *schema.Request, opts []PublishOption) (*nats.
 	if err != nil {
 		return nil, "", fmt.Errorf("producer: encoding request %s: %w", req.Id, err)
 	}
-	return &nats.Msg{Subject: subject, Data: data}, req.Id, nil
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	tracing.Inject(o.ctx, m.Header)
+	return m, req.Id, nil
 }
 
 // payloadMsg validates a raw payload and finds or makes its Id.
@@ -198,7 +202,9 @@ func (p *Producer) payloadMsg(data []byte, opts []PublishOption) (*nats.Msg, str
 			return nil, "", err
 		}
 	}
-	return &nats.Msg{Subject: subject, Data: data}, id, nil
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	tracing.Inject(o.ctx, m.Header)
+	return m, id, nil
 }
 
 // sendSubject applies opts and returns the subject of the request's lane

@@ -11,8 +11,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // headerRequestSeq is set on result events to the stream sequence of the
@@ -29,6 +31,8 @@ func (w *Worker) resultMsg(j *job, ev *schema.Result) (*nats.Msg, error) {
 	}
 	m := nats.NewMsg(w.cfg.Names.ResultSubject(j.id))
 	m.Data = data
+	// The event continues the delivery's trace (contract §12).
+	tracing.Inject(trace.ContextWithSpanContext(context.Background(), j.span), m.Header)
 	msgID := fmt.Sprintf("%s.%s.%d.%d", j.id, ev.State, j.seq, j.attempt)
 	if ev.Final() {
 		// One final result per request (stream sequence), whatever the

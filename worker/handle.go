@@ -13,9 +13,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.27.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // job is one delivery of one request message.
@@ -26,6 +31,7 @@ type job struct {
 	attempt   int
 	firstSeen time.Time
 	data      []byte
+	span      trace.SpanContext // the delivery's span, continued by its events
 	// stopProgress stops the progress acks; settle calls it before the
 	// ack verb, handle when it returns.
 	stopProgress func()
@@ -57,8 +63,17 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 
 	req, err := w.admission.Parse(j.data)
 	j.id = requestID(req, msg.Headers(), meta)
+	lane := w.cfg.Names.LaneOf(msg.Subject())
+	// The delivery continues the trace of whoever published the request.
+	ctx, span := w.tracer.Start(tracing.Extract(ctx, msg.Headers()), "deliver "+string(lane),
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(semconv.MessagingSystemKey.String("nats"), semconv.MessagingOperationTypeProcess,
+			semconv.MessagingDestinationName(msg.Subject()), semconv.MessagingMessageID(j.id),
+			attribute.Int("jetmail.attempt", j.attempt), attribute.String("jetmail.lane", string(lane))))
+	defer span.End()
+	j.span = span.SpanContext()
 	f := facts{
-		base:      schema.Result{Id: j.id, Attempt: j.attempt, Lane: w.cfg.Names.LaneOf(msg.Subject())},
+		base:      schema.Result{Id: j.id, Attempt: j.attempt, Lane: lane},
 		attempt:   j.attempt,
 		firstSeen: j.firstSeen,
 		now:       w.now(),
@@ -142,6 +157,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		} else {
 			d = decide(f, w.cfg.Retry)
 		}
+	}
+	if ev := cmp.Or(d.event, d.claimedEvent); ev != nil {
+		span.SetAttributes(attribute.String("jetmail.state", string(ev.State)), attribute.Int("jetmail.status", int(ev.Status)))
 	}
 	w.settle(ctx, j, d)
 }
@@ -262,9 +280,19 @@ func waitingRecipients(to []string, prior []schema.RecipientResult) []string {
 // the attempt.
 func (w *Worker) send(ctx context.Context, j *job, env *Envelope) (Delivery, *DeliveryError) {
 	conn := config.ConnectionName(env.Connection)
+	ctx, span := w.tracer.Start(ctx, "smtp send", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("jetmail.connection", conn), semconv.NetworkTransportTCP,
+			attribute.Int("jetmail.recipients", len(env.To))))
+	defer span.End()
+	if t := w.targets[conn]; t != nil {
+		span.SetAttributes(semconv.ServerAddress(t.Host), semconv.ServerPort(t.Port))
+	}
 	start := time.Now()
 	res, err := w.transport.Send(ctx, env)
 	elapsed := time.Since(start)
+	if res.Reply != nil {
+		span.SetAttributes(attribute.Int("smtp.reply.code", res.Reply.Code))
+	}
 	if errors.Is(context.Cause(ctx), errShutdown) {
 		return res, nil // decide sees the shutdown; the outcome does not count
 	}
@@ -275,6 +303,10 @@ func (w *Worker) send(ctx context.Context, j *job, env *Envelope) (Delivery, *De
 	outcome := "ok"
 	if de != nil {
 		outcome = de.Class.String()
+		span.SetStatus(codes.Error, de.Error())
+		if de.Reply != nil {
+			span.SetAttributes(attribute.Int("smtp.reply.code", de.Reply.Code))
+		}
 	}
 	w.metrics.SMTPAttempts.WithLabelValues(conn, outcome).Inc()
 	if de != nil && de.Uncertain {

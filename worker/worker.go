@@ -14,10 +14,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/dkim"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // Config is everything a worker needs, as data. DefaultConfig holds the
@@ -85,6 +87,10 @@ type Config struct {
 	// it is also a Gatherer (a *prometheus.Registry), else nothing is
 	// served unless it is set.
 	Gatherer prometheus.Gatherer
+	// Tracer makes the spans of the deliveries (contract §12). Default:
+	// the global provider's (tracing.Tracer), a no-op one unless
+	// tracing.Setup installed an exporter.
+	Tracer trace.Tracer
 	// Metrics, when set, are the collectors to use, registered by the
 	// caller, so that an HTTP API served beside the worker counts into the
 	// same ones (its cancellations in jetmail_cancelled_total). Nil: New
@@ -266,7 +272,9 @@ type Worker struct {
 	transport Transport
 	smtp      *SMTPTransport // nil with the file transport
 	admission *config.Admission
-	dkim      map[string]*DKIMSigner // by connection
+	dkim      map[string]*DKIMSigner    // by connection
+	targets   map[string]*config.Target // by connection, for the spans
+	tracer    trace.Tracer
 	now       func() time.Time
 
 	results jetstream.Stream // for dedupe look-ups (direct get)
@@ -292,6 +300,10 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 	if w.metrics == nil {
 		w.metrics = NewMetrics(reg)
 	}
+	w.tracer = cfg.Tracer
+	if w.tracer == nil {
+		w.tracer = tracing.Tracer()
+	}
 	w.gatherer = cfg.Gatherer
 	if w.gatherer == nil {
 		if g, ok := reg.(prometheus.Gatherer); ok {
@@ -315,8 +327,11 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 		}
 		w.transport, w.smtp = st, st
 	}
-	w.dkim = map[string]*DKIMSigner{}
+	w.dkim, w.targets = map[string]*DKIMSigner{}, map[string]*config.Target{}
 	for name, c := range cfg.Connections {
+		if w.targets[name], err = c.Target(); err != nil {
+			return nil, fmt.Errorf("connection %q: %w", name, err)
+		}
 		var keys []*dkim.Key
 		for _, k := range c.DKIM {
 			key, err := dkim.LoadKeyFile(k.Domain, k.Selector, k.KeyFile)

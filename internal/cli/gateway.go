@@ -146,6 +146,11 @@ func (f *gatewayFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) erro
 	if err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "jetmail-gateway")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	tokens, err := f.tokens.list()
 	if err != nil {
 		return err

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -194,5 +196,31 @@ func TestWorkerWebhook(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Contains(states, "accepted") || !slices.Contains(states, "test") {
 		t.Errorf("the receiver got %v, want the accepted and sent events and the test event", states)
+	}
+}
+
+// TestTracingConsole: with OTEL_TRACES_EXPORTER=console, `jetmail send`
+// writes its span as JSON to standard output after the Id; without it,
+// nothing but the Id.
+func TestTracingConsole(t *testing.T) {
+	t.Parallel()
+	_, url := startNATS(t)
+	startWorker(t, "--nats-url", url, "--http-addr", "127.0.0.1:0", "--outbox", t.TempDir())
+	for _, exporter := range []string{"console", ""} {
+		cmd := exec.Command(binary, "send", "--nats-url", url, "--to", "a@example.com", "--id", "traced-"+cmp.Or(exporter, "none"))
+		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER="+exporter)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		lines := strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)
+		switch {
+		case lines[0] != "traced-"+cmp.Or(exporter, "none"):
+			t.Errorf("%q: first line %q, want the Id", exporter, lines[0])
+		case exporter == "console" && (len(lines) < 2 || !strings.Contains(lines[1], `"Name":"jetmail send"`)):
+			t.Errorf("console: no span of jetmail send in\n%s", out)
+		case exporter == "" && len(lines) > 1:
+			t.Errorf("without an exporter, more than the Id:\n%s", out)
+		}
 	}
 }

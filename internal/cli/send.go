@@ -18,9 +18,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // sendFlags are the flags of `jetmail send`.
@@ -179,6 +181,13 @@ func (f *sendFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error {
 	if err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "jetmail-send")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	ctx, span := tracing.Tracer().Start(ctx, "jetmail send", trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
 	c, err := f.connect("send")
 	if err != nil {
 		return err

@@ -257,6 +257,11 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "jetmail-worker")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	cfg, err := f.config(fs, logger)
 	if err != nil {
 		return err
