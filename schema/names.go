@@ -22,6 +22,9 @@ type Names struct {
 	// Consumer is the durable pull consumer shared by all workers.
 	// Default "jetmail-worker".
 	Consumer string
+	// Suppressions is the KV bucket of the suppression list (contract §9).
+	// Default "JETMAIL_SUPPRESSIONS".
+	Suppressions string
 }
 
 // DefaultNames returns the names of the contract (§1).
@@ -32,6 +35,7 @@ func DefaultNames() Names {
 		ResultStream:  "JETMAIL_RESULTS",
 		DeadStream:    "JETMAIL_DEAD",
 		Consumer:      "jetmail-worker",
+		Suppressions:  "JETMAIL_SUPPRESSIONS",
 	}
 }
 
@@ -53,6 +57,7 @@ func (n Names) WithDefaults() Names {
 	}{
 		{&n.Prefix, d.Prefix}, {&n.RequestStream, d.RequestStream}, {&n.ResultStream, d.ResultStream},
 		{&n.DeadStream, d.DeadStream}, {&n.Consumer, d.Consumer},
+		{&n.Suppressions, d.Suppressions},
 	} {
 		if *f.v == "" {
 			*f.v = f.def
@@ -134,6 +139,13 @@ func (n Names) DeadSubject(id string) string { return n.Prefix + ".dead." + id }
 
 // DeadSubjects is the wildcard subject of all dead letters.
 func (n Names) DeadSubjects() string { return n.Prefix + ".dead.>" }
+
+// EventSubject is the subject of one event of a kind other than a result,
+// such as "mail.event.unsubscribe.<Id>", stored in the result stream.
+func (n Names) EventSubject(kind, id string) string { return n.Prefix + ".event." + kind + "." + id }
+
+// EventSubjects is the wildcard subject of all such events: "mail.event.>".
+func (n Names) EventSubjects() string { return n.Prefix + ".event.>" }
 
 // DeadLetter is what a worker publishes on mail.dead.<Id> when a request
 // fails for good: the original payload and its final result, so that it can
