@@ -108,6 +108,9 @@ var (
 	// ErrNotFound is an address that is not on the list (or whose entry
 	// has expired).
 	ErrNotFound = errors.New("not on the suppression list")
+	// ErrMalformed is a key or value in the bucket that is not an entry
+	// (written by something other than this package).
+	ErrMalformed = errors.New("malformed suppression entry")
 )
 
 // Canonical returns the form in which the list holds address: its
@@ -236,15 +239,25 @@ func DecodeKey(key string) (string, error) {
 	}
 	// One spelling per address: the key must be the one EncodeKey makes,
 	// of a canonical address.
-	valid := validUnquoted(c)
-	if isDomain(c) {
-		d, ok := canonicalDomain(c[1:])
-		valid = ok && d == c[1:]
-	}
-	if !valid || strings.ToLower(c) != c || keyOf(c) != key {
+	if !isCanonical(c) || keyOf(c) != key {
 		return bad()
 	}
 	return c, nil
+}
+
+// isCanonical reports whether c is the canonical form of an address or
+// @domain, as Canonical returns it. (Canonical itself may read such a
+// string as another address: `"a"@x.com`, the canonical form of
+// `"\"a\""@x.com`, reads as a@x.com.)
+func isCanonical(c string) bool {
+	if strings.ToLower(c) != c {
+		return false
+	}
+	if isDomain(c) {
+		d, ok := canonicalDomain(c[1:])
+		return ok && d == c[1:]
+	}
+	return validUnquoted(c)
 }
 
 // keyByte reports whether c stands for itself in a key token.

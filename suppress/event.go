@@ -36,13 +36,19 @@ var ErrEvent = errors.New("unsubscribe event not published")
 
 // Unsubscribe adds address with reason unsubscribe, as a one-click
 // unsubscribe does, and publishes an Event unless the address was already
-// unsubscribed (a second click, a mail provider's retry). It returns the
-// Change and the event published (nil when none). An address with a
+// unsubscribed (a second click, a mail provider's retry). The address is
+// canonical, as Tokens.Address returns it (it is not parsed again: the
+// canonical form of an address with quotes in its local part may read as
+// another address); else the error wraps ErrInvalidAddress. It returns
+// the Change and the event published (nil when none). An address with a
 // manual entry keeps it, and the event is published all the same: the
 // person asked. When only the event fails, the error wraps ErrEvent and
 // the Change is valid: the address is suppressed.
 func (s *Store) Unsubscribe(ctx context.Context, address string) (Change, *Event, error) {
-	ch, err := s.Add(ctx, Entry{Address: address, Reason: Unsubscribe}, 0)
+	if !isCanonical(address) {
+		return Change{}, nil, fmt.Errorf("suppress: unsubscribe: %w: %q is not in canonical form", ErrInvalidAddress, address)
+	}
+	ch, err := s.add(ctx, Entry{Address: address, Reason: Unsubscribe}, 0)
 	if err != nil {
 		return Change{}, nil, err
 	}

@@ -132,6 +132,13 @@ func (s *Store) Add(ctx context.Context, e Entry, ttl time.Duration) (Change, er
 	if err != nil {
 		return Change{}, fmt.Errorf("suppress: add: %w", err)
 	}
+	e.Address = addr
+	return s.add(ctx, e, ttl)
+}
+
+// add is Add of an entry whose Address is canonical.
+func (s *Store) add(ctx context.Context, e Entry, ttl time.Duration) (Change, error) {
+	addr := e.Address
 	if !e.Reason.Valid() {
 		return Change{}, fmt.Errorf("suppress: add %s: %w: %q", addr, ErrInvalidReason, e.Reason)
 	}
@@ -139,7 +146,7 @@ func (s *Store) Add(ctx context.Context, e Entry, ttl time.Duration) (Change, er
 		return Change{}, fmt.Errorf("suppress: add %s: Id %q is not a valid message Id", addr, e.Id)
 	}
 	now := s.now()
-	e.Address, e.Expires = addr, nil
+	e.Expires = nil
 	if e.Time.IsZero() {
 		e.Time = now
 	}
@@ -312,9 +319,9 @@ func (s *Store) Remove(ctx context.Context, address string) (Entry, error) {
 }
 
 // List yields every unexpired entry, in the order they were last written
-// (oldest first), as one pass over the bucket. An entry whose value cannot
-// be read is yielded as an error, and the listing goes on; a failure to
-// read the bucket ends it with an error.
+// (oldest first), as one pass over the bucket. An entry that cannot be
+// read is yielded as an error that wraps ErrMalformed, and the listing
+// goes on; a failure to read the bucket ends it with another error.
 func (s *Store) List(ctx context.Context) iter.Seq2[Entry, error] {
 	return func(yield func(Entry, error) bool) {
 		ctx, cancel := context.WithCancel(ctx) // ends the watch
@@ -360,15 +367,15 @@ func (s *Store) List(ctx context.Context) iter.Seq2[Entry, error] {
 }
 
 // entryOf decodes a KV entry (a put) into its Entry, with the address of
-// its key.
+// its key. Errors wrap ErrMalformed.
 func entryOf(kve jetstream.KeyValueEntry) (Entry, error) {
 	addr, err := DecodeKey(kve.Key())
 	if err != nil {
-		return Entry{}, fmt.Errorf("suppress: revision %d: %w", kve.Revision(), err)
+		return Entry{}, fmt.Errorf("suppress: revision %d: %w: %w", kve.Revision(), ErrMalformed, err)
 	}
 	e, err := decodeEntry(kve.Value())
 	if err != nil {
-		return Entry{}, fmt.Errorf("suppress: %s: revision %d: %w", addr, kve.Revision(), err)
+		return Entry{}, fmt.Errorf("suppress: %s: revision %d: %w: %w", addr, kve.Revision(), ErrMalformed, err)
 	}
 	e.Address = addr
 	return e, nil

@@ -98,7 +98,7 @@ func (t *Tokens) Address(token string) (string, error) {
 	if err1 != nil || err2 != nil || !hmac.Equal(mac, t.mac(string(addr))) {
 		return "", ErrBadToken
 	}
-	if c, err := Canonical(string(addr)); err != nil || c != string(addr) {
+	if !isCanonical(string(addr)) {
 		return "", ErrBadToken
 	}
 	return string(addr), nil

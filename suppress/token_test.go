@@ -27,7 +27,8 @@ func TestTokens(t *testing.T) {
 	t.Parallel()
 	tk := tokens(t, "0123456789abcdef-the-secret")
 	urlSafe := regexp.MustCompile(`\A[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}\z`)
-	for _, addr := range []string{"jan@example.com", "Jan.Kowalski+news@Example.COM", `"john doe"@example.com`, "jürgen@bücher.de"} {
+	for _, addr := range []string{"jan@example.com", "Jan.Kowalski+news@Example.COM", `"john doe"@example.com`, "jürgen@bücher.de",
+		`"<b>x</b>"@example.com`, `"\"a\""@example.com`} { // the last: "a"@example.com, not a@example.com
 		tok := tk.Token(addr)
 		if !urlSafe.MatchString(tok) {
 			t.Errorf("Token(%q) = %q: not URL-safe as it is", addr, tok)
