@@ -28,7 +28,9 @@ import (
 // The copy is complete once Ready reports true; before that, Check knows
 // only the entries loaded so far, so a worker waits for Ready before it
 // takes messages. While NATS is unreachable the copy stays as it was, and
-// it catches up when NATS is back.
+// it catches up when NATS is back: after a server restart, once the
+// watch's consumer has missed its heartbeats and been recreated (about
+// 20 s).
 type Checker struct {
 	store *Store
 	now   func() time.Time

@@ -224,3 +224,31 @@ func TestSkipAllocs(t *testing.T) {
 		t.Errorf("Check allocates %v times", n)
 	}
 }
+
+// TestCheckerSurvivesRestart: after the NATS server restarts, the checker
+// still has the list, and catches up with what changed since: once the
+// client's ordered consumer misses its heartbeats and recreates itself,
+// some 20 s (bounded wait, on the checker's change events).
+func TestCheckerSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	add(t, b.store, "before@example.com", suppress.Manual, 0)
+	c := checker(t, b.store)
+	b.srv.Restart()
+	if _, ok := c.Check("before@example.com", schema.LaneNormal, false); !ok {
+		t.Error("the checker lost an entry in the restart")
+	}
+	start := time.Now()
+	_, js2 := b.srv.Connect(t)
+	other := b.open(t, js2)
+	add(t, other, "after@example.com", suppress.Manual, 0)
+	if _, err := other.Remove(t.Context(), "before@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	waitChecker(t, c, 60*time.Second, "the changes after the restart", func() bool {
+		_, after := c.Check("after@example.com", schema.LaneNormal, false)
+		_, before := c.Check("before@example.com", schema.LaneNormal, false)
+		return after && !before
+	})
+	t.Logf("caught up %s after the restart", time.Since(start).Round(time.Millisecond))
+}

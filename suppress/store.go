@@ -166,7 +166,10 @@ func (s *Store) add(ctx context.Context, e Entry, ttl time.Duration) (Change, er
 		return Change{}, fmt.Errorf("suppress: add %s: %w", addr, err)
 	}
 	key := keyOf(addr)
-	for {
+	for attempt := 1; ; attempt++ {
+		if attempt > maxCAS {
+			return Change{}, fmt.Errorf("suppress: add %s: %d writers in a row came first", addr, maxCAS)
+		}
 		cur, err := s.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			var opts []jetstream.KVCreateOpt
@@ -188,6 +191,7 @@ func (s *Store) add(ctx context.Context, e Entry, ttl time.Duration) (Change, er
 		}
 		var prev *Entry
 		if old, err := decodeEntry(cur.Value()); err == nil && !old.Expired(now) {
+			old.Address = addr
 			prev = &old
 			if !e.Reason.replaces(old.Reason) {
 				return Change{Entry: old, Previous: prev, Stored: false}, nil
@@ -204,6 +208,9 @@ func (s *Store) add(ctx context.Context, e Entry, ttl time.Duration) (Change, er
 		return Change{Entry: e, Previous: prev, Stored: true}, nil
 	}
 }
+
+// maxCAS bounds the compare-and-set rounds of one Add.
+const maxCAS = 100
 
 // update writes a key's new value if its last revision is still rev, with
 // a TTL when ttl > 0 (KeyValue.Update has none: it removes a key's TTL).
