@@ -20,8 +20,8 @@ import (
 
 // Checker answers whether recipients are suppressed from an in-memory copy
 // of the list, which a watch of the bucket keeps current: a check is a few
-// map look-ups under a read lock, with no NATS round trip and no
-// allocation. Changes made anywhere (another worker, the CLI, the HTTP
+// map look-ups under a read lock, with no NATS round trip and (for ASCII
+// addresses) no allocation. Changes made anywhere (another worker, the CLI, the HTTP
 // API) reach it within a round trip of the server. It is safe for
 // concurrent use.
 //
