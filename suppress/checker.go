@@ -1,7 +1,6 @@
 package suppress
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,8 +18,8 @@ import (
 
 // Checker answers whether recipients are suppressed from an in-memory copy
 // of the list, which a watch of the bucket keeps current: a check is a few
-// map look-ups under a read lock, with no NATS round trip and (for ASCII
-// addresses) no allocation. Changes made anywhere (another worker, the CLI, the HTTP
+// map look-ups under a read lock, with no NATS round trip and (for
+// lower-case ASCII addresses, as most are) no allocation. Changes made anywhere (another worker, the CLI, the HTTP
 // API) reach it within a round trip of the server. It is safe for
 // concurrent use.
 //
@@ -257,17 +255,16 @@ func (l *list) remove(addr string) {
 
 // check finds the first entry that suppresses address (or @domain), in
 // any case: its own, then its domain's and the parents'. now is read only
-// for an entry with an expiry. The look-ups index the maps with a
-// lower-cased copy on the stack, so a check does not allocate.
+// for an entry with an expiry. strings.ToLower returns a lower-case ASCII
+// address as it is, so checking one does not allocate.
 func (l *list) check(address string, lane schema.Lane, unsub bool, now func() time.Time) (Entry, bool) {
 	usable := func(e Entry) bool { return e.Applies(lane, unsub) && (e.Expires == nil || now().Before(*e.Expires)) }
-	var buf [256]byte
-	addr := lowerInto(buf[:0], address)
-	at := bytes.LastIndexByte(addr, '@')
+	addr := strings.ToLower(address)
+	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return Entry{}, false
 	}
-	if e, ok := l.addrs[string(addr)]; ok && usable(e) {
+	if e, ok := l.addrs[addr]; ok && usable(e) {
 		return e, true
 	}
 	if len(l.domains) == 0 {
@@ -275,29 +272,13 @@ func (l *list) check(address string, lane schema.Lane, unsub bool, now func() ti
 	}
 	d := addr[at+1:]
 	for {
-		if e, ok := l.domains[string(d)]; ok && usable(e) {
+		if e, ok := l.domains[d]; ok && usable(e) {
 			return e, true
 		}
-		i := bytes.IndexByte(d, '.')
+		i := strings.IndexByte(d, '.')
 		if i < 0 || d[0] == '[' {
 			return Entry{}, false
 		}
 		d = d[i+1:]
 	}
-}
-
-// lowerInto appends s lower-cased to dst: ASCII by hand, anything else
-// with strings.ToLower.
-func lowerInto(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= utf8.RuneSelf {
-			return append(dst[:0], strings.ToLower(s)...)
-		}
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		dst = append(dst, c)
-	}
-	return dst
 }
