@@ -156,7 +156,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 	return a, nil
 }
 
-// Handler returns a handler that serves the API's two routes (and answers
+// Handler returns a handler that serves the API's routes (and answers
 // 404 to every other path).
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
