@@ -108,13 +108,14 @@ func (s Streams) RequestStream() jetstream.StreamConfig {
 }
 
 // ResultStream is the stream of result events; the latest per subject is
-// a message's status, read with direct gets.
+// a message's status, read with direct gets. It also holds the other
+// events (mail.event.>), such as one-click unsubscribes.
 func (s Streams) ResultStream() jetstream.StreamConfig {
 	s = s.WithDefaults()
 	return jetstream.StreamConfig{
 		Name:              s.Names.ResultStream,
 		Description:       "jetmail result events; the latest per subject is a message's status",
-		Subjects:          []string{s.Names.ResultSubjects()},
+		Subjects:          []string{s.Names.ResultSubjects(), s.Names.EventSubjects()},
 		Retention:         jetstream.LimitsPolicy,
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.Replicas,
@@ -137,6 +138,27 @@ func (s Streams) DeadStream() jetstream.StreamConfig {
 		Replicas:    s.Replicas,
 		MaxAge:      s.DeadMaxAge,
 		AllowDirect: true,
+	}
+}
+
+// SuppressionMarkerTTL is how long the suppression bucket keeps the
+// marker that the server leaves when an entry expires (a bounce) or is
+// removed, so that watchers that were away a while still learn of it.
+const SuppressionMarkerTTL = time.Hour
+
+// SuppressionBucket is the KV bucket of the suppression list (contract
+// §9): one key per address or @domain (see package suppress for the key
+// encoding), one revision per key, and per-key TTLs (LimitMarkerTTL) so
+// that bounce entries expire on the server.
+func (s Streams) SuppressionBucket() jetstream.KeyValueConfig {
+	s = s.WithDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:         s.Names.Suppressions,
+		Description:    "jetmail suppression list: one key per address or @domain",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       s.Replicas,
+		LimitMarkerTTL: SuppressionMarkerTTL,
 	}
 }
 

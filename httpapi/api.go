@@ -27,10 +27,12 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/tracing"
 )
 
@@ -62,6 +64,22 @@ type Config struct {
 	// tracing.Tracer(), a no-op one unless tracing.Setup installed an
 	// exporter.
 	Tracer trace.Tracer
+	// Suppressions is the suppression list (contract §9). When set,
+	// GET /v1/suppressions and GET, PUT and DELETE
+	// /v1/suppressions/{address} are served, behind the bearer tokens.
+	Suppressions *suppress.Store
+	// Unsubscribe reads the one-click unsubscribe tokens. When set (it
+	// needs Suppressions), GET and POST /v1/unsubscribe/{token} are served
+	// without bearer tokens, since recipients use them; the POST adds the
+	// address and publishes the unsubscribe event (suppress.Store.
+	// Unsubscribe).
+	Unsubscribe *suppress.Tokens
+	// UnsubscribeLimit is how many requests a second one client address
+	// (an IPv6 /64) may make to /v1/unsubscribe/, in bursts of up to
+	// UnsubscribeBurst; more are answered 429. Defaults 5 and 50.
+	UnsubscribeLimit rate.Limit
+	// UnsubscribeBurst: see UnsubscribeLimit.
+	UnsubscribeBurst int
 }
 
 // Response is the JSON body of every answer of POST /v1/messages, and of
@@ -113,6 +131,7 @@ type API struct {
 	js        jetstream.JetStream
 	producer  *producer.Producer
 	log       *slog.Logger
+	sup       suppressAPI // suppressions.go, unsubscribe.go
 }
 
 // New returns the API for js. A nil logger discards logs. It fails on an
@@ -154,10 +173,13 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 		return nil, fmt.Errorf("httpapi config: %w", err)
 	}
 	a.producer = p
+	if err := a.sup.init(cfg); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
-// Handler returns a handler that serves the API's two routes (and answers
+// Handler returns a handler that serves the API's routes (and answers
 // 404 to every other path).
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -194,13 +216,17 @@ func (w *statusWriter) WriteHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-// Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux.
+// Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux, and
+// the suppression list's and the one-click unsubscribe's routes when they
+// are configured.
 func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/messages", a.authorized(a.post))
 	mux.HandleFunc("POST /v1/messages/batch", a.authorized(a.postBatch))
 	mux.HandleFunc("GET /v1/messages/{id}", a.authorized(a.get))
 	mux.HandleFunc("DELETE /v1/messages/{id}", a.authorized(a.cancel))
 	mux.HandleFunc("DELETE /v1/batches/{batch}", a.authorized(a.cancelBatch))
+	a.registerSuppressions(mux)
+	a.registerUnsubscribe(mux)
 }
 
 // authorized answers 401 unless no tokens are configured or the request

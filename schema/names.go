@@ -26,6 +26,9 @@ type Names struct {
 	// CancelBucket is the key-value bucket of cancelled Ids and batches
 	// (contract §8). Default "JETMAIL_CANCELLED".
 	CancelBucket string
+	// Suppressions is the KV bucket of the suppression list (contract §9).
+	// Default "JETMAIL_SUPPRESSIONS".
+	Suppressions string
 }
 
 // DefaultNames returns the names of the contract (§1).
@@ -37,6 +40,7 @@ func DefaultNames() Names {
 		DeadStream:    "JETMAIL_DEAD",
 		Consumer:      "jetmail-worker",
 		CancelBucket:  "JETMAIL_CANCELLED",
+		Suppressions:  "JETMAIL_SUPPRESSIONS",
 	}
 }
 
@@ -58,6 +62,7 @@ func (n Names) WithDefaults() Names {
 	}{
 		{&n.Prefix, d.Prefix}, {&n.RequestStream, d.RequestStream}, {&n.ResultStream, d.ResultStream},
 		{&n.DeadStream, d.DeadStream}, {&n.Consumer, d.Consumer}, {&n.CancelBucket, d.CancelBucket},
+		{&n.Suppressions, d.Suppressions},
 	} {
 		if *f.v == "" {
 			*f.v = f.def
@@ -159,6 +164,13 @@ func (n Names) DeadSubject(id string) string { return n.Prefix + ".dead." + id }
 
 // DeadSubjects is the wildcard subject of all dead letters.
 func (n Names) DeadSubjects() string { return n.Prefix + ".dead.>" }
+
+// EventSubject is the subject of one event of a kind other than a result,
+// such as "mail.event.unsubscribe.<Id>", stored in the result stream.
+func (n Names) EventSubject(kind, id string) string { return n.Prefix + ".event." + kind + "." + id }
+
+// EventSubjects is the wildcard subject of all such events: "mail.event.>".
+func (n Names) EventSubjects() string { return n.Prefix + ".event.>" }
 
 // DeadLetter is what a worker publishes on mail.dead.<Id> when a request
 // fails for good: the original payload and its final result, so that it can

@@ -177,6 +177,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newDKIMCmd(s),
 		newCancelCmd(s),
 		newWebhooksCmd(s),
+		newSuppressCmd(s),
 	)
 	annotateEnv(root)
 	return root
