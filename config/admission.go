@@ -72,7 +72,15 @@ type Admission struct {
 	// Senders are the connections' sender policies by connection name. Nil
 	// means Connection and From are not checked.
 	Senders map[string]Sender
+	// NoOneClick refuses requests with "Unsubscribe": true (400), for a
+	// service whose one-click endpoint is not configured (no public URL
+	// and unsubscribe secret). The zero value admits them.
+	NoOneClick bool
 }
+
+// errNoOneClick is the field error of a one-click request where no
+// one-click endpoint is configured.
+const errNoOneClick = `"Unsubscribe": true needs jetmail's one-click endpoint: configure --public-url and --unsubscribe-secret-file`
 
 // Admit is Parse followed by CheckSender (when Senders are known): the
 // whole admission of a request. The error is a *schema.ValidationError
@@ -110,6 +118,9 @@ func (a *Admission) Parse(data []byte) (*schema.Request, error) {
 	}
 	if err := req.ValidateLimits(lim); err != nil {
 		return req, err
+	}
+	if a.NoOneClick && req.Unsubscribe.OneClick {
+		return req, &schema.ValidationError{Fields: []schema.FieldError{{Field: "Unsubscribe", Message: errNoOneClick}}}
 	}
 	if req.Template != "" && a.Templates != nil {
 		if err := a.Templates.Apply(req); err != nil {

@@ -298,3 +298,19 @@ func recipientResult(addr string, c *DeliveryError) schema.RecipientResult {
 	}
 	return rr
 }
+
+// bounced reports whether a recipient's outcome means the address does not
+// exist, so that it is added to the suppression list (contract §9): a
+// permanent refusal with an enhanced status code of 5.1.x, the address
+// status codes of RFC 3463 (550 5.1.1 "no such user", 553 5.1.3 "bad
+// address syntax", 551 5.1.6 "mailbox has moved", …), whatever the basic
+// code. A bare 550 without an enhanced code is not taken as one: servers
+// give it for policy refusals too. Nor are 5.1.7 and 5.1.8, which blame
+// the sender's address, not the recipient's.
+func bounced(r schema.RecipientResult) bool {
+	if r.Suppressed || r.Code < 500 || r.Code > 599 {
+		return false
+	}
+	enh := enhancedRe.FindString(r.Message)
+	return strings.HasPrefix(enh, "5.1.") && enh != "5.1.7" && enh != "5.1.8"
+}

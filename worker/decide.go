@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +42,7 @@ const (
 	rowForbidden     row = "sender not allowed"   // 403, dead letter, Term
 	rowOverAttempts  row = "over max attempts"    // delivered again after a crash: 500, dead letter, Term
 	rowScheduled     row = "scheduled"            // SendAt ahead: parked until then, 202 scheduled, Ack
+	rowSuppressed    row = "all suppressed"       // every recipient left is suppressed: 403, no SMTP, Term
 	rowSend          row = "send"                 // go on: accepted on the first attempt
 	rowShutdown      row = "shutdown during send" // the grace period ran out: Nak, no event
 	rowSent          row = "sent"                 // 250 after DATA: 200, Ack
@@ -54,7 +56,7 @@ const (
 // case.
 var allRows = []row{
 	rowNoMetadata, rowShutdownIdle, rowInvalid, rowDuplicateSent, rowAlreadyFinal, rowAlreadyGone,
-	rowCancelled, rowForbidden, rowOverAttempts, rowScheduled, rowSend, rowShutdown, rowSent,
+	rowCancelled, rowForbidden, rowOverAttempts, rowScheduled, rowSuppressed, rowSend, rowShutdown, rowSent,
 	rowPartial, rowDeferred, rowExhausted, rowPermanent,
 }
 
@@ -94,6 +96,10 @@ type facts struct {
 	prior []schema.RecipientResult
 	// assumeSent is the connection's on_uncertain: assume-sent.
 	assumeSent bool
+	// suppressed are the recipients of this attempt skipped because they
+	// are on the suppression list (Status 403, Suppressed); attemptedTo
+	// holds the others.
+	suppressed []schema.RecipientResult
 }
 
 // decision is the effect of one delivery: the event to publish (if any),
@@ -112,6 +118,9 @@ type decision struct {
 	delay        time.Duration
 	// outcome is the requests_total label this delivery adds, if any.
 	outcome string
+	// bounced are the recipients the server refused as unknown (see
+	// bounced), to be added to the suppression list.
+	bounced []schema.RecipientResult
 }
 
 // decide is the decision table of a delivery: every outcome is one row,
@@ -129,6 +138,7 @@ type decision struct {
 //	sender not allowed    failed 403                      yes   Term       invalid
 //	over max attempts     failed 500                      yes   Term       —
 //	scheduled             scheduled 202 (+SendAt), parked —     Ack        scheduled
+//	all suppressed        failed 403 (+Recipients)        —     Term       —
 //	send                  accepted 202 on attempt 1       —     (send)     accepted on attempt 1
 //	shutdown during send  —                               —     Nak        —
 //	sent                  sent 200 (+Recipients)          —     Ack        —
@@ -136,6 +146,13 @@ type decision struct {
 //	transient, retry      deferred 202, NextAttemptAt     —     NakDelay   —
 //	transient, exhausted  failed 500 (401 for auth)       yes   Term       —
 //	permanent             failed 403/404/500              yes   Term       —
+//
+// The rows after an attempt also name the recipients that bounced (the
+// server refused them as unknown), which settle adds to the suppression
+// list. A suppressed recipient is listed in the Recipients of every event
+// after its attempt, as not having the message; a message none of whose
+// recipients got it because all are suppressed gets no dead letter:
+// replaying it would only be suppressed again.
 func decide(f facts, p RetryPolicy) decision {
 	ev := f.base
 	ev.Time = f.now
@@ -176,6 +193,9 @@ func decide(f facts, p RetryPolicy) decision {
 	case !f.attempted && f.sendAt != nil:
 		ev.State, ev.Status, ev.SendAt, ev.Envelope = schema.StateScheduled, schema.Status202, f.sendAt, f.envelope
 		return decision{row: rowScheduled, event: &ev, park: true, verb: verbAck, outcome: "scheduled"}
+	case !f.attempted && len(f.attemptedTo) == 0 && len(f.suppressed) > 0 && countStatus(f.prior, schema.Status200) == 0:
+		ev.Recipients = append(withoutAddresses(f.prior, f.suppressed), f.suppressed...)
+		return fail(rowSuppressed, schema.Status403, fmt.Sprintf("every recipient is on the suppression list (%d suppressed)", len(f.suppressed)), false, "")
 	case !f.attempted:
 		d := decision{row: rowSend, verb: verbSend}
 		if f.attempt == 1 {
@@ -188,26 +208,48 @@ func decide(f facts, p RetryPolicy) decision {
 	}
 	// The attempt is over: who has the message now?
 	de := f.failure
+	ev.Uncertain = f.delivery.Uncertain
 	if de != nil && de.Uncertain {
 		ev.Uncertain = true // the relay may have it (contract §3)
 		if f.assumeSent {
 			de = nil // at most once: take it as delivered
 		}
 	}
-	rcpts, accepted, waiting := mergeRecipients(f.prior, f.attemptedTo, f.delivery, de)
+	rcpts, accepted, waiting := mergeRecipients(append(withoutAddresses(f.prior, f.suppressed), f.suppressed...), f.attemptedTo, f.delivery, de)
+	d := decideAttempt(f, p, ev, de, rcpts, accepted, waiting)
+	for _, r := range rcpts {
+		if bounced(r) && slices.ContainsFunc(f.attemptedTo, func(a string) bool { return strings.EqualFold(a, r.Address) }) {
+			d.bounced = append(d.bounced, r) // refused on this attempt, not an earlier one
+		}
+	}
+	return d
+}
+
+// decideAttempt is the part of decide after an attempt, once the recipients'
+// outcomes are merged.
+func decideAttempt(f facts, p RetryPolicy, ev schema.Result, de *DeliveryError, rcpts []schema.RecipientResult, accepted, waiting int) decision {
+	fail := func(r row, status schema.Status, msg string) decision {
+		ev.State, ev.Status, ev.Error = schema.StateFailed, status, msg
+		return decision{row: r, event: &ev, dead: true, verb: verbTerm}
+	}
 	if de != nil && accepted == 0 {
 		// No recipient has it: the failure decides.
 		ev.Smtp, ev.Recipients = de.Reply, de.Recipients
+		if len(f.prior) > 0 || len(f.suppressed) > 0 {
+			// Keep what earlier attempts and the suppression list settled.
+			ev.Recipients = rcpts
+		}
 		if de.Class == Transient {
 			if next, ok := p.Next(f.attempt, f.firstSeen, f.now); ok {
 				ev.State, ev.Status, ev.Error = schema.StateDeferred, schema.Status202, de.Error()
 				ev.NextAttemptAt = &next
 				return decision{row: rowDeferred, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
 			}
+			ev.Recipients = stillRefused(ev.Recipients)
 			return fail(rowExhausted, de.Status, fmt.Sprintf("gave up after %d attempts over %s: %s",
-				f.attempt, f.now.Sub(f.firstSeen).Round(time.Second), de.Error()), true, "")
+				f.attempt, f.now.Sub(f.firstSeen).Round(time.Second), de.Error()))
 		}
-		return fail(rowPermanent, de.Status, de.Error(), true, "")
+		return fail(rowPermanent, de.Status, de.Error())
 	}
 	// Some recipient accepted it, now or on an earlier attempt.
 	ev.Smtp = f.delivery.Reply
@@ -220,11 +262,7 @@ func decide(f facts, p RetryPolicy) decision {
 			ev.Error = fmt.Sprintf("%d of %d recipients refused it for now; retrying them", waiting, len(rcpts))
 			return decision{row: rowPartial, event: &ev, verb: verbNakDelay, delay: next.Sub(f.now)}
 		}
-		for i := range rcpts {
-			if rcpts[i].Status == schema.Status202 {
-				rcpts[i].Status = schema.Status500 // still refused when the attempts ran out
-			}
-		}
+		rcpts = stillRefused(rcpts)
 	}
 	// The final event lists the recipients that do not have it.
 	ev.State, ev.Status = schema.StateSent, schema.Status200
@@ -234,6 +272,49 @@ func decide(f facts, p RetryPolicy) decision {
 		}
 	}
 	return decision{row: rowSent, event: &ev, verb: verbAck}
+}
+
+// stillRefused is rs with the recipients that wait for a retry (202)
+// marked 500: still refused when the attempts ran out.
+func stillRefused(rs []schema.RecipientResult) []schema.RecipientResult {
+	out := make([]schema.RecipientResult, len(rs))
+	for i, r := range rs {
+		if r.Status == schema.Status202 {
+			r.Status = schema.Status500
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// countStatus is the number of rs with status st.
+func countStatus(rs []schema.RecipientResult, st schema.Status) int {
+	n := 0
+	for _, r := range rs {
+		if r.Status == st {
+			n++
+		}
+	}
+	return n
+}
+
+// withoutAddresses is rs without the recipients that drop names (any
+// case); rs itself when drop is empty.
+func withoutAddresses(rs, drop []schema.RecipientResult) []schema.RecipientResult {
+	if len(drop) == 0 {
+		return rs
+	}
+	gone := map[string]bool{}
+	for _, r := range drop {
+		gone[strings.ToLower(r.Address)] = true
+	}
+	out := make([]schema.RecipientResult, 0, len(rs))
+	for _, r := range rs {
+		if !gone[strings.ToLower(r.Address)] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // mergeRecipients merges the recipients' outcomes: those settled on earlier

@@ -102,6 +102,21 @@ func TestDecide(t *testing.T) {
 		{"SendAt ahead: scheduled", base(1, func(f *facts) {
 			f.sendAt, f.envelope = &later, envelope
 		}), want{rowScheduled, schema.StateScheduled, 202, false, verbAck, "scheduled"}},
+		{"every recipient suppressed: 403, no dead letter", base(1, func(f *facts) {
+			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "bounce"}}
+		}), want{rowSuppressed, schema.StateFailed, 403, false, verbTerm, ""}},
+		{"some recipients suppressed: send to the others", base(1, func(f *facts) {
+			f.attemptedTo = []string{"a@x"}
+			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "manual"}}
+		}), want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
+		{"the waiting recipient is now suppressed, another took it: send (nothing)", base(2, func(f *facts) {
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
+			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "manual"}}
+		}), want{row: rowSend, verb: verbSend}},
+		{"the waiting recipient is now suppressed, none took it: 403", base(2, func(f *facts) {
+			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 404, Code: 550}, {Address: "b@x", Status: 202}}
+			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "manual"}}
+		}), want{rowSuppressed, schema.StateFailed, 403, false, verbTerm, ""}},
 		{"first attempt: accepted", base(1, func(f *facts) { f.envelope = envelope }),
 			want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
 		{"a retry: no second accepted", base(2, func(*facts) {}),
@@ -205,6 +220,13 @@ func TestDecide(t *testing.T) {
 				if !slices.Contains(st, 200) || !slices.Contains(st, 202) || d.event.NextAttemptAt == nil {
 					t.Errorf("partial deferral without the accepted and the waiting recipients: %+v", d.event)
 				}
+			case rowSuppressed:
+				if n := len(d.event.Recipients); n == 0 || !d.event.Recipients[n-1].Suppressed || d.event.Recipients[n-1].Reason == "" {
+					t.Errorf("all-suppressed event does not list the suppressed recipient: %+v", d.event.Recipients)
+				}
+				if len(d.bounced) > 0 {
+					t.Errorf("no attempt, yet bounces: %+v", d.bounced)
+				}
 			case rowPermanent, rowExhausted:
 				if d.event.Smtp == nil || d.event.Error == "" {
 					t.Errorf("failed event without its reply and reason: %+v", d.event)
@@ -220,5 +242,88 @@ func TestDecide(t *testing.T) {
 	}
 	if len(allRows) != len(slices.Compact(slices.Sorted(slices.Values(allRows)))) {
 		t.Error("allRows lists a row twice")
+	}
+}
+
+// TestDecideRecipients checks what the events say about each recipient
+// when some are suppressed, and which recipients decide names as bounced.
+func TestDecideRecipients(t *testing.T) {
+	t.Parallel()
+	p := RetryPolicy{Initial: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxAttempts: 3, MaxAge: 24 * time.Hour}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	sent := Delivery{Reply: &schema.SMTPReply{Code: 250, Message: "queued"}}
+	supp := schema.RecipientResult{Address: "s@x", Status: 403, Suppressed: true, Reason: "unsubscribe"}
+	rcpt := func(addr string, code int, text string) schema.RecipientResult {
+		c := Classify(withOp(OpRcpt, reply(code, text)))
+		return recipientResult(addr, c)
+	}
+	for _, tc := range []struct {
+		name    string
+		f       facts
+		row     row
+		listed  []string // the addresses of the event's Recipients, in order
+		bounced []string
+	}{
+		{name: "sent, one suppressed: listed as not having it",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"a@x"}, delivery: sent, suppressed: []schema.RecipientResult{supp}},
+			row: rowSent, listed: []string{"s@x"}},
+		{name: "a waiting recipient suppressed on the retry: sent, listed once",
+			f: facts{attempt: 2, attempted: true, delivery: sent, suppressed: []schema.RecipientResult{{Address: "S@x", Status: 403, Suppressed: true, Reason: "manual"}},
+				prior: []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "s@x", Status: 202}}},
+			row: rowSent, listed: []string{"S@x"}},
+		{name: "550 5.1.1 at RCPT beside an accepted recipient: bounced",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"a@x", "u@x"}, delivery: Delivery{Reply: sent.Reply, Rejected: []schema.RecipientResult{rcpt("u@x", 550, "5.1.1 no such user")}}},
+			row: rowSent, listed: []string{"u@x"}, bounced: []string{"u@x"}},
+		{name: "554 5.1.2 alone: bounced",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(554, "5.1.2 bad destination")}})},
+			row: rowPermanent, listed: []string{"u@x"}, bounced: []string{"u@x"}},
+		{name: "553 5.1.3 with a suppressed one: both listed, one bounced",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, suppressed: []schema.RecipientResult{supp}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(553, "5.1.3 bad syntax")}})},
+			row: rowPermanent, listed: []string{"s@x", "u@x"}, bounced: []string{"u@x"}},
+		{name: "550 without an enhanced code: not a bounce",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(550, "no such user")}})},
+			row: rowPermanent, listed: []string{"u@x"}},
+		{name: "550 5.7.1 policy: not a bounce",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(550, "5.7.1 relay denied")}})},
+			row: rowPermanent, listed: []string{"u@x"}},
+		{name: "550 5.1.8 blames the sender: not a bounce",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(550, "5.1.8 bad sender domain")}})},
+			row: rowPermanent, listed: []string{"u@x"}},
+		{name: "450 4.1.1 is for now: not a bounce",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"u@x"}, failure: classifyRecipients([]rcptFailure{{"u@x", reply(450, "4.1.1 try later")}})},
+			row: rowDeferred, listed: []string{"u@x"}},
+		{name: "transient with a suppressed one: the deferral keeps it listed",
+			f:   facts{attempt: 1, attempted: true, attemptedTo: []string{"a@x"}, suppressed: []schema.RecipientResult{supp}, failure: Classify(withOp(OpDial, io.EOF))},
+			row: rowDeferred, listed: []string{"s@x", "a@x"}},
+		{name: "exhausted with a suppressed one: nobody left waiting",
+			f:   facts{attempt: 3, attempted: true, attemptedTo: []string{"a@x"}, suppressed: []schema.RecipientResult{supp}, failure: Classify(withOp(OpDial, io.EOF))},
+			row: rowExhausted, listed: []string{"s@x", "a@x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.f.firstSeen, tc.f.now = t0, t0.Add(time.Second)
+			d := decide(tc.f, p)
+			if d.row != tc.row {
+				t.Fatalf("row %q, want %q", d.row, tc.row)
+			}
+			var listed, bounced []string
+			for _, r := range d.event.Recipients {
+				listed = append(listed, r.Address)
+				if r.Suppressed && (r.Status != 403 || r.Reason == "") {
+					t.Errorf("suppressed recipient %+v without 403 and its reason", r)
+				}
+				if d.event.Final() && r.Status == 202 {
+					t.Errorf("final event with a waiting recipient: %+v", r)
+				}
+			}
+			for _, r := range d.bounced {
+				bounced = append(bounced, r.Address)
+			}
+			if !slices.Equal(listed, tc.listed) {
+				t.Errorf("Recipients %v, want %v (%+v)", listed, tc.listed, d.event.Recipients)
+			}
+			if !slices.Equal(bounced, tc.bounced) {
+				t.Errorf("bounced %v, want %v", bounced, tc.bounced)
+			}
+		})
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/tracing"
 )
 
@@ -99,9 +100,16 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		_, f.invalid = w.admission.CheckSender(req)
 	}
+	var copies []*Envelope // one per recipient, for one-click unsubscribe
 	if f.invalid == nil {
-		env, err = Build(req, BuildOptions{DefaultFrom: w.admission.DefaultFrom(req), Date: j.firstSeen,
-			DKIM: w.dkim[config.ConnectionName(req.Connection)]})
+		opts := BuildOptions{DefaultFrom: w.admission.DefaultFrom(req), Date: j.firstSeen,
+			DKIM: w.dkim[config.ConnectionName(req.Connection)]}
+		if req.Unsubscribe.OneClick && w.cfg.Unsubscribe != nil {
+			// Each recipient gets a copy with its own link (below); this
+			// build checks the request and gives the envelope.
+			opts.OneClickURL = w.oneClickURL("")
+		}
+		env, err = Build(req, opts)
 		if err != nil {
 			field := "From"
 			if errors.Is(err, ErrOneClickNotConfigured) {
@@ -117,7 +125,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 				f.prior = f.last.recipients
 				env.To = waitingRecipients(env.To, f.prior)
 			}
+			env.To, f.suppressed = w.skipSuppressed(req, lane, env.To)
 			f.attemptedTo = env.To
+			if opts.OneClickURL != "" && len(env.To) > 0 {
+				if copies, err = w.oneClickCopies(req, opts, env.To); err != nil {
+					f.invalid = &schema.ValidationError{Fields: []schema.FieldError{{Field: "Unsubscribe", Message: err.Error()}}}
+				}
+			}
 		}
 		// A request waits for its SendAt unless JetStream just published
 		// it because the time has come (it then carries Nats-Scheduler).
@@ -142,11 +156,17 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		env.stop = func() bool { return w.cancels.cancelled(j.id, f.base.BatchId) }
 		f.attempted = true
-		if len(env.To) > 0 { // none: every recipient was settled by an earlier attempt
+		delivered := false // some copy went out: a shutdown now must not lose that
+		switch {
+		case len(env.To) == 0: // every recipient was settled by an earlier attempt, or is suppressed
+		case copies != nil:
+			copies[0].stop = env.stop
+			f.delivery, f.failure, delivered = w.sendEach(ctx, j, copies, f.assumeSent)
+		default:
 			f.delivery, f.failure = w.send(ctx, j, env)
 		}
 		f.now = w.now()
-		f.shutdown = errors.Is(context.Cause(ctx), errShutdown)
+		f.shutdown = errors.Is(context.Cause(ctx), errShutdown) && !delivered
 		if f.failure != nil && errors.Is(f.failure, errCancelled) {
 			// Cancelled while it waited for the rate limit or a session:
 			// nothing was sent.
@@ -164,11 +184,109 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	w.settle(ctx, j, d)
 }
 
+// skipSuppressed takes the suppressed recipients out of to (contract §9)
+// and returns the others and the results of those skipped, counting them.
+func (w *Worker) skipSuppressed(req *schema.Request, lane schema.Lane, to []string) ([]string, []schema.RecipientResult) {
+	keep, skipped := w.checker.Skip(req, lane, to)
+	if len(skipped) == 0 {
+		return keep, nil
+	}
+	out := make([]schema.RecipientResult, len(skipped))
+	for i, s := range skipped {
+		out[i] = schema.RecipientResult{Address: s.Address, Status: schema.Status403, Suppressed: true, Reason: string(s.Entry.Reason),
+			Message: "on the suppression list (" + string(s.Entry.Reason) + ")"}
+		w.metrics.Suppressed.WithLabelValues(string(s.Entry.Reason)).Inc()
+	}
+	return keep, out
+}
+
+// oneClickURL is the one-click unsubscribe link of a recipient (contract
+// §9): {public-url}/v1/unsubscribe/{token}.
+func (w *Worker) oneClickURL(recipient string) string {
+	tok := "-"
+	if recipient != "" {
+		tok = w.cfg.Unsubscribe.Token(recipient)
+	}
+	return w.cfg.PublicURL + "/v1/unsubscribe/" + tok
+}
+
+// oneClickCopies builds one message per recipient of to, each with the
+// recipient's own one-click link: a token names one person.
+func (w *Worker) oneClickCopies(req *schema.Request, opts BuildOptions, to []string) ([]*Envelope, error) {
+	copies := make([]*Envelope, len(to))
+	for i, rcpt := range to {
+		opts.OneClickURL = w.oneClickURL(rcpt)
+		env, err := Build(req, opts)
+		if err != nil {
+			return nil, err
+		}
+		env.To = []string{rcpt}
+		copies[i] = env
+	}
+	return copies, nil
+}
+
+// sendEach sends the one-recipient copies of a message one after the
+// other, and merges their outcomes into one Delivery, or one DeliveryError
+// when no copy was delivered, whose Recipients say what happened to each
+// (which decide needs: one recipient may be unknown while another's server
+// is down). Only the first copy may find the message cancelled: once one
+// went out, the message is being sent. delivered reports whether some copy
+// went out; copies not tried because the grace period ran out are left
+// waiting (202), to be sent on a retry.
+func (w *Worker) sendEach(ctx context.Context, j *job, copies []*Envelope, assumeSent bool) (d Delivery, de *DeliveryError, delivered bool) {
+	var (
+		results  []schema.RecipientResult
+		fallback *DeliveryError // the failure that speaks for all when no copy went out
+	)
+	for i, c := range copies {
+		if errors.Is(context.Cause(ctx), errShutdown) {
+			results = append(results, schema.RecipientResult{Address: c.To[0], Status: schema.Status202, Message: "not sent: the worker stopped"})
+			continue
+		}
+		cd, cde := w.send(ctx, j, c)
+		switch {
+		case cde == nil && cd.Reply == nil && errors.Is(context.Cause(ctx), errShutdown):
+			// Cut short by the shutdown: it may have gone out or not.
+			results = append(results, schema.RecipientResult{Address: c.To[0], Status: schema.Status202, Message: "interrupted: the worker stopped"})
+			d.Uncertain = true
+		case cde == nil || (cde.Uncertain && assumeSent):
+			delivered = true
+			d.Uncertain = d.Uncertain || cde != nil
+			if cde == nil {
+				d.Reply = cd.Reply
+			}
+		case i == 0 && errors.Is(cde, errCancelled):
+			return cd, cde, false // nothing was sent
+		default:
+			if len(cde.Recipients) == 1 {
+				results = append(results, cde.Recipients[0])
+			} else {
+				results = append(results, recipientResult(c.To[0], cde))
+			}
+			d.Uncertain = d.Uncertain || cde.Uncertain
+			if fallback == nil || (cde.Class == Transient && fallback.Class != Transient) {
+				fallback = cde
+			}
+		}
+	}
+	switch {
+	case delivered:
+		d.Rejected = results
+		return d, nil, true
+	case fallback == nil: // the shutdown came first: nothing went out
+		return Delivery{}, nil, false
+	}
+	merged := *fallback
+	merged.Recipients = results
+	return Delivery{}, &merged, false
+}
+
 // claims are the rows whose event is the message's first word on the
 // matter, published conditionally (publishClaim) because a canceller may be
 // publishing another at the same moment.
 func claims(d decision) bool {
-	return d.event != nil && (d.row == rowSend || d.row == rowScheduled || d.row == rowCancelled)
+	return d.event != nil && (d.row == rowSend || d.row == rowScheduled || d.row == rowCancelled || d.row == rowSuppressed)
 }
 
 // claim publishes the event of a claiming decision conditionally on the
@@ -351,6 +469,11 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 			return
 		}
 	}
+	// Bounces go on the list before the event that reports them, so that
+	// whoever reads the event finds them there.
+	for _, r := range d.bounced {
+		w.addBounce(ctx, j, r)
+	}
 	if d.park {
 		if err := w.publishSchedule(ctx, j, *d.claimedEvent.SendAt); err != nil {
 			log().ErrorContext(ctx, "cannot park the request; leaving it for redelivery", "error", err)
@@ -397,5 +520,22 @@ func (w *Worker) settle(ctx context.Context, j *job, d decision) {
 	}
 	if w.onDecision != nil {
 		w.onDecision(j.id, d)
+	}
+}
+
+// addBounce puts a recipient the server refused as unknown on the
+// suppression list (contract §9), for the store's bounce TTL. A failure is
+// logged and not retried: the message's outcome is stored already, and the
+// next message to the address bounces again.
+func (w *Worker) addBounce(ctx context.Context, j *job, r schema.RecipientResult) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ch, err := w.suppressions.Add(ctx, suppress.Entry{Address: r.Address, Reason: suppress.Bounce, Id: j.id}, 0)
+	if err != nil {
+		w.log.WarnContext(ctx, "cannot add a bounce to the suppression list", "id", j.id, "code", r.Code, "error", err)
+		return
+	}
+	if ch.Stored {
+		w.metrics.Bounces.Inc()
 	}
 }

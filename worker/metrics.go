@@ -47,6 +47,12 @@ type Metrics struct {
 	SMTPConnections *prometheus.GaugeVec
 	// DeadLetters counts requests copied to the dead-letter stream.
 	DeadLetters prometheus.Counter
+	// Suppressed counts recipients skipped because they are on the
+	// suppression list, by the entry's reason: bounce, unsubscribe, manual.
+	Suppressed *prometheus.CounterVec
+	// Bounces counts recipients added to the suppression list because the
+	// server refused them as unknown (reason bounce).
+	Bounces prometheus.Counter
 	// DKIMSigned counts messages signed with DKIM, by signing domain (d=):
 	// one per message rendered for a delivery attempt, however many keys
 	// of the domain signed it.
@@ -115,6 +121,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "jetmail", Name: "dead_letters_total",
 			Help: "Requests copied to the dead-letter stream.",
 		}),
+		Suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "suppressed_total",
+			Help: "Recipients skipped because they are on the suppression list, by reason (bounce, unsubscribe, manual).",
+		}, []string{"reason"}),
+		Bounces: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "jetmail", Name: "bounces_total",
+			Help: "Recipients added to the suppression list because the server refused them as unknown.",
+		}),
 		DKIMSigned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "jetmail", Name: "dkim_signed_total",
 			Help: "Messages signed with DKIM (one per delivery attempt), by signing domain.",
@@ -122,10 +136,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Requests, m.Results, m.SMTPAttempts, m.SMTPSend,
-			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.Uncertain, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters, m.DKIMSigned)
+			m.DeliveryLatency, m.Inflight, m.QueuePending, m.Scheduled, m.Cancelled, m.Uncertain, m.AckPending, m.Ready, m.SMTPConnections, m.DeadLetters, m.DKIMSigned,
+			m.Suppressed, m.Bounces)
 	}
 	for _, o := range []string{"accepted", "invalid", "duplicate", "scheduled"} {
 		m.Requests.WithLabelValues(o)
+	}
+	for _, r := range []string{"bounce", "unsubscribe", "manual"} {
+		m.Suppressed.WithLabelValues(r)
 	}
 	for _, l := range []string{"urgent", "normal", "bulk"} {
 		m.QueuePending.WithLabelValues(l)

@@ -24,6 +24,9 @@ type Delivery struct {
 	// Rejected lists the recipients the server refused at RCPT while it
 	// accepted others.
 	Rejected []schema.RecipientResult
+	// Uncertain says that some copy of a message sent one recipient at a
+	// time ended after the final "." of DATA without a reply.
+	Uncertain bool
 }
 
 // FileTransport writes each message as <Id>.eml into a folder: the outbox

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/dkim"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/tracing"
 )
 
@@ -91,6 +94,21 @@ type Config struct {
 	// the global provider's (tracing.Tracer), a no-op one unless
 	// tracing.Setup installed an exporter.
 	Tracer trace.Tracer
+	// Suppressions is the suppression list (contract §9). Nil: Run opens
+	// the store of Names, with Replicas and SuppressBounceTTL.
+	Suppressions *suppress.Store
+	// SuppressBounceTTL is how long a bounce entry applies once a server
+	// refused a recipient as unknown. Default 30 days.
+	SuppressBounceTTL time.Duration
+	// PublicURL is the base URL at which recipients reach this service's
+	// HTTP API, such as "https://mail.example.com": the one-click
+	// unsubscribe links are PublicURL + "/v1/unsubscribe/" + token. It
+	// needs Unsubscribe; without both, requests with "Unsubscribe": true
+	// are invalid (400).
+	PublicURL string
+	// Unsubscribe makes the one-click unsubscribe tokens (from
+	// --unsubscribe-secret-file). See PublicURL.
+	Unsubscribe *suppress.Tokens
 	// Metrics, when set, are the collectors to use, registered by the
 	// caller, so that an HTTP API served beside the worker counts into the
 	// same ones (its cancellations in jetmail_cancelled_total). Nil: New
@@ -101,20 +119,21 @@ type Config struct {
 // DefaultConfig returns the configuration of the contract's defaults.
 func DefaultConfig() Config {
 	return Config{
-		Names:           schema.DefaultNames(),
-		Outbox:          "./outbox",
-		Concurrency:     16,
-		LaneShare:       0.1,
-		Retry:           DefaultRetryPolicy(),
-		GracePeriod:     30 * time.Second,
-		AckWait:         60 * time.Second,
-		MaxAckPending:   100000,
-		Replicas:        1,
-		DuplicateWindow: time.Hour,
-		ResultMaxAge:    7 * 24 * time.Hour,
-		DeadMaxAge:      30 * 24 * time.Hour,
-		Limits:          schema.DefaultLimits(),
-		HTTPAddr:        ":8080",
+		Names:             schema.DefaultNames(),
+		Outbox:            "./outbox",
+		Concurrency:       16,
+		LaneShare:         0.1,
+		Retry:             DefaultRetryPolicy(),
+		GracePeriod:       30 * time.Second,
+		AckWait:           60 * time.Second,
+		MaxAckPending:     100000,
+		Replicas:          1,
+		DuplicateWindow:   time.Hour,
+		ResultMaxAge:      7 * 24 * time.Hour,
+		DeadMaxAge:        30 * 24 * time.Hour,
+		SuppressBounceTTL: suppress.DefaultBounceTTL,
+		Limits:            schema.DefaultLimits(),
+		HTTPAddr:          ":8080",
 	}
 }
 
@@ -171,6 +190,8 @@ func (c Config) withDefaults() Config {
 	dur(&c.DuplicateWindow, d.DuplicateWindow)
 	dur(&c.ResultMaxAge, d.ResultMaxAge)
 	dur(&c.DeadMaxAge, d.DeadMaxAge)
+	dur(&c.SuppressBounceTTL, d.SuppressBounceTTL)
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	c.Limits = c.Limits.WithDefaults()
 	return c
 }
@@ -232,6 +253,17 @@ func (c Config) Validate() error {
 			bad(l.field, "must be positive, or -1 for no limit, got %d", l.v)
 		}
 	}
+	if c.SuppressBounceTTL < time.Minute {
+		bad("SuppressBounceTTL", "must be at least 1m, got %s", c.SuppressBounceTTL)
+	}
+	if (c.PublicURL == "") != (c.Unsubscribe == nil) {
+		bad("PublicURL", "the one-click unsubscribe needs both a public URL and an unsubscribe secret")
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			bad("PublicURL", "%q is not an http(s) URL without query", c.PublicURL)
+		}
+	}
 	for name, sc := range c.Connections {
 		if !schema.ValidToken(name) {
 			bad("Connections", "connection name %q is not valid", name)
@@ -277,9 +309,11 @@ type Worker struct {
 	tracer    trace.Tracer
 	now       func() time.Time
 
-	results jetstream.Stream // for dedupe look-ups (direct get)
-	cancels *cancelSet       // the cancellation marks
-	ready   atomic.Bool
+	suppressions *suppress.Store   // the suppression list, opened by Run unless given
+	checker      *suppress.Checker // its in-memory copy, for the hot path
+	results      jetstream.Stream  // for dedupe look-ups (direct get)
+	cancels      *cancelSet        // the cancellation marks
+	ready        atomic.Bool
 
 	// onDecision, when set by tests, is called after each message is
 	// settled.
@@ -314,6 +348,8 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 	if w.admission, err = config.NewAdmission(cfg.Limits, cfg.Templates, cfg.Connections); err != nil {
 		return nil, err
 	}
+	w.admission.NoOneClick = cfg.Unsubscribe == nil
+	w.suppressions = cfg.Suppressions
 	if len(cfg.Connections) == 0 {
 		ft, err := NewFileTransport(cfg.Outbox)
 		if err != nil {
@@ -384,11 +420,30 @@ func (w *Worker) Run(ctx context.Context) error {
 		bg.Go(func() { _ = w.smtp.Run(bgCtx) })
 	}
 	bg.Go(func() { w.cancels.watch(bgCtx, top.Cancelled, w.log) })
-	// No delivery before the cancellation marks are in: a cancelled
-	// message must never be sent.
+	if w.suppressions == nil {
+		w.suppressions, err = suppress.Open(ctx, w.js, w.cfg.Names, suppress.Options{
+			Replicas: w.cfg.Replicas, BounceTTL: w.cfg.SuppressBounceTTL, Logger: w.log})
+		if err != nil {
+			return err
+		}
+	}
+	if w.checker, err = suppress.NewChecker(ctx, w.suppressions); err != nil {
+		return err
+	}
+	bg.Go(func() {
+		if err := w.checker.Run(bgCtx); err != nil {
+			w.log.Error("suppression list watch stopped", "error", err)
+		}
+	})
+	// No delivery before the cancellation marks and the suppression list
+	// are in: a cancelled message must never be sent, nor a suppressed
+	// recipient sent to.
 	select {
 	case <-w.cancels.loaded:
 	case <-ctx.Done():
+		return nil
+	}
+	if err := w.checker.WaitReady(ctx); err != nil {
 		return nil
 	}
 	w.ready.Store(true)

@@ -16,6 +16,7 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/httpapi"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/suppress"
 )
 
 // apiTokenFlags are the bearer tokens of the HTTP API, for the worker and
@@ -60,6 +61,7 @@ type gatewayFlags struct {
 	clientFlags
 	httpAddr    string
 	tokens      apiTokenFlags
+	oneClick    oneClickFlags
 	connections string
 	from        string
 	allowed     []string
@@ -98,6 +100,7 @@ The API is described by schema/openapi.yaml.`,
 	fs.SortFlags = false
 	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the HTTP API, with /healthz and /readyz")
 	f.tokens.addFlags(fs)
+	f.oneClick.addFlags(fs, false)
 	fs.StringVar(&f.connections, "connections", "", "YAML file of named SMTP connections, for their senders (see deploy/connections.example.yaml)")
 	fs.StringVar(&f.from, "smtp-from", "", "default sender of the default connection")
 	fs.StringSliceVar(&f.allowed, "smtp-allowed-senders", nil, "senders the default connection allows (addresses, or @domain)")
@@ -155,6 +158,10 @@ func (f *gatewayFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) erro
 	if err != nil {
 		return err
 	}
+	unsub, err := f.oneClick.tokens()
+	if err != nil {
+		return err
+	}
 	// Without connections the gateway leaves Connection and From to the
 	// workers (Senders nil); with them it refuses what they would.
 	adm := &config.Admission{Limits: f.limits}
@@ -188,7 +195,12 @@ func (f *gatewayFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) erro
 		return err
 	}
 	defer c.Close()
-	api, err := httpapi.New(httpapi.Config{Names: f.names(), Admission: adm, Tokens: tokens}, c.js, logger)
+	store, err := suppress.Open(ctx, c.js, f.names(), suppress.Options{Logger: logger})
+	if err != nil {
+		return err
+	}
+	api, err := httpapi.New(httpapi.Config{Names: f.names(), Admission: adm, Tokens: tokens,
+		Suppressions: store, Unsubscribe: unsub}, c.js, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}

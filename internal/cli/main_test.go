@@ -975,3 +975,19 @@ func TestWorkerProcessSIGTERM(t *testing.T) {
 		}
 	}
 }
+
+// httpAddr is the address the worker's HTTP server listens on, from its
+// "serving http" log line.
+func (w *testWorker) httpAddr(t *testing.T) string {
+	t.Helper()
+	for line := range strings.Lines(w.logs.String()) {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "serving http" {
+			if addr, _ := rec["addr"].(string); addr != "" {
+				return addr
+			}
+		}
+	}
+	t.Fatalf("no http address in the logs:\n%s", w.logs)
+	return ""
+}

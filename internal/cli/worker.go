@@ -22,6 +22,7 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/httpapi"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/webhook"
 	"github.com/jetmail/jetmail/worker"
 )
@@ -36,6 +37,7 @@ type workerFlags struct {
 	smtp          smtpFlags
 	api           apiTokenFlags
 	webhooks      webhookFlags
+	oneClick      oneClickFlags
 	nats          natsAuth
 	embedded      embeddedFlags
 	log           logFlags
@@ -132,6 +134,8 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	addLimitFlags(fs, &c.Limits)
 	f.api.addFlags(fs)
 	f.webhooks.addFlags(fs)
+	f.oneClick.addFlags(fs, true)
+	fs.DurationVar(&c.SuppressBounceTTL, "suppress-bounce-ttl", def.SuppressBounceTTL, "how long a recipient the server refused as unknown (5.1.x) stays on the suppression list")
 	fs.IntVar(&c.Prefetch, "prefetch", 0, "requests buffered ahead of the deliveries, split between the lanes; 0 means --concurrency")
 	fs.Float64Var(&c.LaneShare, "lane-share", def.LaneShare, "least share of the deliveries a lane with requests waiting gets while more urgent lanes have work (below 0.5)")
 	fs.DurationVar(&c.AckWait, "ack-wait", def.AckWait, "how long JetStream waits for a worker that took a message before giving it to another (after a crash); in-flight deliveries renew it")
@@ -159,6 +163,7 @@ var configFlags = map[string]string{
 	"Limits.MaxRequestBytes": "max-request-bytes", "Limits.MaxAttachmentBytes": "max-attachment-bytes",
 	"Limits.MaxRecipients": "max-recipients", "Limits.MaxHeaders": "max-headers", "Limits.MaxHeaderLength": "max-header-length",
 	"Connections": "smtp-url", "LaneShare": "lane-share",
+	"PublicURL": "public-url", "SuppressBounceTTL": "suppress-bounce-ttl",
 }
 
 // config turns the flags into a worker configuration: the values a flag
@@ -203,6 +208,10 @@ func (f *workerFlags) config(fs *pflag.FlagSet, logger *slog.Logger) (worker.Con
 		errs = append(errs, err)
 	}
 	cfg.Connections = conns
+	cfg.PublicURL = f.oneClick.publicURL
+	if cfg.Unsubscribe, err = f.oneClick.tokens(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return cfg, errors.Join(errs...)
 	}
@@ -314,8 +323,17 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	)
 	cfg.Gatherer = reg
 	cfg.Metrics = worker.NewMetrics(reg) // shared with the API, which counts its cancellations
+	adm.NoOneClick = cfg.Unsubscribe == nil
+	// The suppression list, which the API edits and the worker applies.
+	if cfg.Suppressions, err = suppress.Open(ctx, js, cfg.Names, suppress.Options{
+		Replicas: cfg.Replicas, BounceTTL: cfg.SuppressBounceTTL, Logger: logger}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	api, err := httpapi.New(httpapi.Config{Names: cfg.Names, Admission: adm, Tokens: f.api.tokens,
-		Cancelled: cfg.Metrics.Cancelled}, js, logger)
+		Cancelled: cfg.Metrics.Cancelled, Suppressions: cfg.Suppressions, Unsubscribe: cfg.Unsubscribe}, js, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
