@@ -64,7 +64,7 @@ func loadOpenAPI(t testing.TB) *openAPI {
 	if err := doc.Validate(loader.Context); err != nil {
 		t.Fatalf("%s is not a valid OpenAPI document: %v", openAPIPath, err)
 	}
-	router, err := gorillamux.NewRouter(doc)
+	router, err := gorillamux.NewRouter(validationDoc(t))
 	if err != nil {
 		t.Fatal(err)
 	}
