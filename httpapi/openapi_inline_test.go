@@ -78,8 +78,8 @@ func (r *recordTB) Errorf(format string, args ...any) {
 
 // TestOpenAPICheckIsStrict makes sure openAPI.check applies the JSON Schema
 // 2020-12 keywords of the document and of the schemas it references: const
-// in an error answer (an Error schema that references
-// result.schema.json#/$defs/fieldError). Before validationDoc, it passed.
+// in an error answer, the if/then rules of result.schema.json, const in a
+// batch item. (Before validationDoc, all of these passed.)
 func TestOpenAPICheckIsStrict(t *testing.T) {
 	t.Parallel()
 	oa := loadOpenAPI(t)
@@ -94,6 +94,10 @@ func TestOpenAPICheckIsStrict(t *testing.T) {
 		{"error answer with another Status", http.MethodGet, "/v1/messages/x", 404, `{"Status": 400, "Error": "unknown Id"}`, true},
 		{"error answer", http.MethodGet, "/v1/messages/x", 404, `{"Status": 404, "Error": "unknown Id"}`, false},
 		{"sent event with Status 410", http.MethodGet, "/v1/messages/x", 200, sentAs410, true},
+		{"cancel answering a sent event", http.MethodDelete, "/v1/messages/x", 200, `{"Id": "x", "Status": 200, "State": "sent", "Attempt": 1, "Time": "2026-03-01T12:00:00Z"}`, true},
+		{"cancel answering a cancelled event", http.MethodDelete, "/v1/messages/x", 200, `{"Id": "x", "Status": 410, "State": "cancelled", "Attempt": 0, "Time": "2026-03-01T12:00:00Z"}`, false},
+		{"too late with a scheduled event", http.MethodDelete, "/v1/messages/x", 409, `{"Id": "x", "Status": 202, "State": "scheduled", "Attempt": 0, "SendAt": "2026-03-01T12:00:00Z", "Envelope": {"From": "a@example.com", "Recipients": ["b@example.com"], "Subject": ""}, "Time": "2026-03-01T12:00:00Z"}`, true},
+		{"negative count", http.MethodDelete, "/v1/batches/x", 200, `{"Cancelled": 1, "TooLate": -1}`, true},
 	} {
 		req, err := http.NewRequest(c.method, "http://localhost:8080"+c.path, nil)
 		if err != nil {
@@ -107,5 +111,17 @@ func TestOpenAPICheckIsStrict(t *testing.T) {
 		if !c.bad && len(rec.errs) > 0 {
 			t.Errorf("%s: the check refused a good answer: %v", c.name, rec.errs)
 		}
+	}
+	// A batch answer with a wrong item, for the schemas behind $refs of
+	// components.
+	req, err := http.NewRequest(http.MethodPost, "http://localhost:8080/v1/messages/batch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordTB{TB: t}
+	oa.check(rec, req, []byte(`[{"To": "a@example.com"}]`), httpResult{status: 202, header: jsonHeader,
+		body: []byte(`{"Results": [{"Id": "x", "Status": 201}]}`)})
+	if len(rec.errs) == 0 {
+		t.Error("the check took a batch item with Status 201")
 	}
 }
