@@ -88,3 +88,45 @@ func TestQueuePendingByLane(t *testing.T) {
 		}
 	}
 }
+
+// TestLaneAlertAndPanels checks what the lanes, schedules and cancellations
+// add: the urgent backlog alert, and the dashboard panels for the queue
+// depth by lane, the urgent requests waiting, the scheduled messages and
+// the cancellations.
+func TestLaneAlertAndPanels(t *testing.T) {
+	var urgent promExpr
+	for _, e := range alertExprs(t) {
+		if e.Where == "alerts.yml JetmailUrgentBacklog" {
+			urgent = e
+		}
+	}
+	switch {
+	case urgent.Rule == nil:
+		t.Error("alerts.yml has no alert JetmailUrgentBacklog")
+	case strings.Join(strings.Fields(urgent.Expr), " ") != `max(jetmail_queue_pending{lane="urgent"}) > 0`:
+		t.Errorf("JetmailUrgentBacklog: expr %q", urgent.Expr)
+	case getString(urgent.Rule, "for") != "2m" || getString(urgent.Rule, "labels", "severity") != "critical":
+		t.Errorf("JetmailUrgentBacklog: for %q, severity %q; want 2m and critical",
+			getString(urgent.Rule, "for"), getString(urgent.Rule, "labels", "severity"))
+	}
+
+	dash := loadJSON(t, dashboardFile)
+	for _, want := range []struct{ typ, expr string }{
+		{"timeseries", `max by (lane) (jetmail_queue_pending)`},
+		{"stat", `max(jetmail_queue_pending{lane="urgent"})`},
+		{"timeseries", `max(jetmail_scheduled)`},
+		{"timeseries", `sum(rate(jetmail_cancelled_total[$__rate_interval]))`},
+		{"stat", `sum(max by (lane) (jetmail_queue_pending))`},
+		{"timeseries", `sum(max by (lane) (jetmail_queue_pending))`},
+	} {
+		found := false
+		for _, p := range allPanels(dash) {
+			for _, tg := range getList(p, "targets") {
+				found = found || (getString(p, "type") == want.typ && getString(tg, "expr") == want.expr)
+			}
+		}
+		if !found {
+			t.Errorf("the dashboard has no %s panel with the query %s", want.typ, want.expr)
+		}
+	}
+}
