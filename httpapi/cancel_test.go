@@ -236,7 +236,7 @@ func testAPICancelUnknown(t *testing.T, oa *openAPI) {
 // testAPICancelBatch: every scheduled message of a batch is cancelled
 // (200 with the counts), those already sent count as too late, other
 // batches are untouched; again is the same answer; an unknown batch is
-// zeros.
+// zeros; a request of the batch published later is cancelled too.
 func testAPICancelBatch(t *testing.T, oa *openAPI) {
 	b := setup(t, worker.Config{})
 	base := serveWorker(t, b)
@@ -291,6 +291,13 @@ func testAPICancelBatch(t *testing.T, oa *openAPI) {
 	}
 	if n := testutil.ToFloat64(counted); n != 4 {
 		t.Errorf("Config.Cancelled counted %v, want 4", n)
+	}
+	// The cancellation of a batch is remembered: a request of it published
+	// afterwards is cancelled by the worker, not sent.
+	checkItems(t, batchResults(t, oa.postBatch(t, base, "", `[{"Id": "cbatch-later", "To": "a@example.com", "BatchId": "news-1"}]`)),
+		[]itemWant{{status: 202, id: "cbatch-later"}})
+	if fin, _ := b.results.Final(t, "cbatch-later"); fin.State != schema.StateCancelled {
+		t.Errorf("a request of a cancelled batch published afterwards ended %+v, want cancelled", fin)
 	}
 }
 
