@@ -401,7 +401,8 @@ func TestGrafanaDashboard(t *testing.T) {
 	for _, p := range allPanels(dash) {
 		titles[strings.ToLower(getString(p, "title"))] = true
 	}
-	for _, want := range []string{"throughput", "latency", "smtp send", "results by", "queue depth", "retries", "smtp connections", "in-flight"} {
+	for _, want := range []string{"throughput", "latency", "smtp send", "results by", "queue depth", "retries", "smtp connections", "in-flight",
+		"by lane", "urgent", "scheduled", "cancelled"} {
 		ok := false
 		for title := range titles {
 			ok = ok || strings.Contains(title, want)

@@ -141,6 +141,7 @@ func TestAlertRules(t *testing.T) {
 		{"JetmailWorkerDown", `up{job="jetmail"}`},
 		{"JetmailNotConsuming", "jetmail_queue_pending"},
 		{"JetmailBacklogHigh", "jetmail_queue_pending"},
+		{"JetmailUrgentBacklog", `jetmail_queue_pending{lane="urgent"}`},
 		{"JetmailBacklogGrowing", "jetmail_queue_pending"},
 		{"JetmailHighFailureRatio", `state="failed"`},
 		{"JetmailHighDeferralRatio", `state="deferred"`},

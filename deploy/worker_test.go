@@ -181,9 +181,17 @@ func TestAgainstRunningWorker(t *testing.T) {
 		"jetmail_requests_total", "jetmail_results_total", "jetmail_smtp_attempts_total",
 		"jetmail_smtp_send_seconds_bucket", "jetmail_delivery_latency_seconds_bucket",
 		"jetmail_inflight", "jetmail_queue_pending", "jetmail_smtp_connections",
+		"jetmail_scheduled", "jetmail_cancelled_total",
 	} {
 		if _, ok := exp[name]; !ok {
 			t.Errorf("the worker does not export %s (CONTRACT §6)", name)
+		}
+	}
+	// Every lane has its queue depth from the start (CONTRACT §6, §7), so
+	// that a selector of one lane finds its series on an idle worker.
+	for _, lane := range []string{"urgent", "normal", "bulk"} {
+		if !exp["jetmail_queue_pending"]["lane"][lane] {
+			t.Errorf("the worker does not export jetmail_queue_pending{lane=%q} (it has %v)", lane, exp["jetmail_queue_pending"])
 		}
 	}
 
