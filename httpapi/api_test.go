@@ -514,12 +514,19 @@ func testAPIDuplicate(t *testing.T, oa *openAPI) {
 	}
 	b.results.Final(t, "api-dup-1")
 	oa.finalStatus(t, base, "api-dup-1")
-	info, err := b.js.Stream(context.Background(), "JETMAIL_REQUESTS")
+	wantRequestLastSeq(t, b.js, 1)
+}
+
+// wantRequestLastSeq checks that the request stream holds exactly n
+// publishes: duplicates were not stored again.
+func wantRequestLastSeq(t *testing.T, js jetstream.JetStream, n uint64) {
+	t.Helper()
+	st, err := js.Stream(context.Background(), "JETMAIL_REQUESTS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if si, err := info.Info(context.Background()); err != nil || si.State.LastSeq != 1 {
-		t.Errorf("request stream last sequence %d (%v), want 1", si.State.LastSeq, err)
+	if si, err := st.Info(context.Background()); err != nil || si.State.LastSeq != n {
+		t.Errorf("request stream last sequence %d (%v), want %d", si.State.LastSeq, err, n)
 	}
 }
 

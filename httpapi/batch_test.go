@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -311,13 +310,7 @@ func testAPIBatchDuplicate(t *testing.T, oa *openAPI) {
 	for _, id := range []string{"bdup-0", "bdup-1", "bdup-2"} {
 		b.results.Final(t, id)
 	}
-	st, err := b.js.Stream(context.Background(), "JETMAIL_REQUESTS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if si, err := st.Info(context.Background()); err != nil || si.State.LastSeq != 3 {
-		t.Errorf("request stream last sequence %d (%v), want 3", si.State.LastSeq, err)
-	}
+	wantRequestLastSeq(t, b.js, 3)
 }
 
 // testAPIBatchTooMany: 1001 requests are a 413 and nothing is published;
