@@ -49,7 +49,8 @@ const schemaVersion = 1
 // Id's first indexed event, and t0 that event's time (Unix nanoseconds):
 // together the sort key, which never changes for a message. seq is the
 // sequence of the latest event, which is event; envelope is the JSON of
-// the latest envelope seen. recipients maps each lower-case address of
+// the latest envelope seen. (seq has no index: pruning looks at the rows
+// whose first event has left the stream, in rowid order.) recipients maps each lower-case address of
 // that envelope to the message, with t0, so that a search by recipient
 // reads its rows in order from one index.
 const schemaSQL = `
@@ -73,7 +74,6 @@ CREATE INDEX messages_t0 ON messages (t0);
 CREATE INDEX messages_state ON messages (state, t0);
 CREATE INDEX messages_lane ON messages (lane, t0);
 CREATE INDEX messages_batch ON messages (batch, t0) WHERE batch IS NOT NULL;
-CREATE INDEX messages_seq ON messages (seq);
 CREATE TABLE recipients (
 	addr TEXT NOT NULL,
 	t0   INTEGER NOT NULL,
@@ -110,6 +110,8 @@ type Index struct {
 
 	closeOnce sync.Once
 	closed    atomic.Bool
+
+	stmts writeStmts // of wdb
 }
 
 // Open opens the index in the SQLite file at path, creating the file (and
@@ -136,15 +138,17 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 		q.Add("_pragma", "busy_timeout(10000)")
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(NORMAL)")
-		q.Add("_pragma", "cache_size(-32768)") // 32 MiB per connection
 		q.Add("_pragma", "temp_store(MEMORY)")
+		// Pages are read through a memory map (address space, not memory),
+		// so that an index larger than the page cache costs no read(2).
+		q.Add("_pragma", "mmap_size(4294967296)")
 		for _, p := range extra {
 			q.Add("_pragma", p)
 		}
 		// A URI, so that SQLite takes any character in the path.
 		return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	}
-	wdb, err := sql.Open("sqlite", dsn())
+	wdb, err := sql.Open("sqlite", dsn("cache_size(-65536)")) // 64 MiB
 	if err != nil {
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
@@ -162,7 +166,11 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 		wdb.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
-	rdb, err := sql.Open("sqlite", dsn("query_only(1)", "mmap_size(268435456)"))
+	if err := x.prepare(); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("search: open %s: %w", path, err)
+	}
+	rdb, err := sql.Open("sqlite", dsn("query_only(1)", "cache_size(-16384)")) // 16 MiB each
 	if err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
@@ -272,7 +280,7 @@ func (x *Index) Close() error {
 	var err error
 	x.closeOnce.Do(func() {
 		x.closed.Store(true)
-		err = errors.Join(x.rdb.Close(), x.wdb.Close())
+		err = errors.Join(x.stmts.close(), x.rdb.Close(), x.wdb.Close())
 		if err != nil {
 			err = fmt.Errorf("search: close %s: %w", x.path, err)
 		}

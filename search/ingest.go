@@ -268,61 +268,44 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 		return err
 	}
 	defer tx.Rollback()
-	upsert, err := tx.PrepareContext(ctx, `
-		INSERT INTO messages (rowid, id, t0, seq, state, lane, batch, subject_lc, envelope, event)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET
-			seq = excluded.seq,
-			state = excluded.state,
-			event = excluded.event,
-			lane = coalesce(excluded.lane, lane),
-			batch = coalesce(excluded.batch, batch),
-			subject_lc = CASE WHEN excluded.envelope IS NULL THEN subject_lc ELSE excluded.subject_lc END,
-			envelope = coalesce(excluded.envelope, envelope)
-		RETURNING rowid, t0`)
-	if err != nil {
-		return err
-	}
-	defer upsert.Close()
-	insRcpt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO recipients (addr, t0, msg) VALUES (?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	defer insRcpt.Close()
-	var oldEnv, delRcpt *sql.Stmt // prepared when an envelope comes
+	st := x.stmts.in(ctx, tx)
+	defer st.close()
 	for _, u := range updates {
 		if u.envelope != nil {
 			// A message's recipients are those of its latest envelope: drop
 			// those of an earlier one.
-			if oldEnv == nil {
-				if oldEnv, err = tx.PrepareContext(ctx, `SELECT rowid, t0, envelope FROM messages WHERE id = ? AND envelope IS NOT NULL`); err != nil {
-					return err
-				}
-				defer oldEnv.Close()
-				if delRcpt, err = tx.PrepareContext(ctx, `DELETE FROM recipients WHERE addr = ? AND t0 = ? AND msg = ?`); err != nil {
-					return err
-				}
-				defer delRcpt.Close()
-			}
 			var rowid, t0 int64
 			var env []byte
-			switch err := oldEnv.QueryRowContext(ctx, u.id).Scan(&rowid, &t0, &env); {
+			switch err := st.oldEnv.QueryRowContext(ctx, u.id).Scan(&rowid, &t0, &env); {
 			case errors.Is(err, sql.ErrNoRows):
 			case err != nil:
 				return err
 			default:
-				if err := deleteRecipients(ctx, delRcpt, env, t0, rowid); err != nil {
+				if err := deleteRecipients(ctx, st.delRcpt, env, t0, rowid); err != nil {
 					return err
 				}
 			}
 		}
+		// The upserts change only the columns that change with every event,
+		// so that the indexes of the others are left alone.
+		upsert, args := st.upsert, []any{int64(u.first), u.id, u.t0, int64(u.seq), u.state, nullable(u.lane), nullable(u.batch), u.event}
+		if u.envelope != nil {
+			upsert, args = st.upsertEnv, append(args, u.subjectLC, u.envelope)
+		}
 		var rowid, t0 int64
-		if err := upsert.QueryRowContext(ctx, int64(u.first), u.id, u.t0, int64(u.seq), u.state,
-			nullable(u.lane), nullable(u.batch), nullable(u.subjectLC), u.envelope, u.event).Scan(&rowid, &t0); err != nil {
+		var lane, batch sql.NullString
+		if err := upsert.QueryRowContext(ctx, args...).Scan(&rowid, &t0, &lane, &batch); err != nil {
 			return fmt.Errorf("index %s: %w", u.id, err)
 		}
+		if (!lane.Valid && u.lane != "") || (!batch.Valid && u.batch != "") {
+			// Known only from a later event (one before the accepted event
+			// had none).
+			if _, err := st.setLane.ExecContext(ctx, nullable(u.lane), nullable(u.batch), rowid); err != nil {
+				return fmt.Errorf("index %s: %w", u.id, err)
+			}
+		}
 		for _, a := range u.rcpts {
-			if _, err := insRcpt.ExecContext(ctx, a, t0, rowid); err != nil {
+			if _, err := st.insRcpt.ExecContext(ctx, a, t0, rowid); err != nil {
 				return fmt.Errorf("index %s: recipient: %w", u.id, err)
 			}
 		}
@@ -336,6 +319,74 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 	x.applied.Add(int64(len(msgs)))
 	x.setSeq(last)
 	return nil
+}
+
+// writeStmts are the statements of the writer, prepared once.
+type writeStmts struct {
+	upsert, upsertEnv, setLane, insRcpt, oldEnv, delRcpt, delMsg *sql.Stmt
+}
+
+// The statements of writeStmts. An upsert inserts a new message with
+// rowid and t0 of its first event, or updates the columns that change
+// with each event; upsertEnv also the envelope.
+const (
+	upsertSQL = `
+		INSERT INTO messages (rowid, id, t0, seq, state, lane, batch, event)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, state = excluded.state, event = excluded.event
+		RETURNING rowid, t0, lane, batch`
+	upsertEnvSQL = `
+		INSERT INTO messages (rowid, id, t0, seq, state, lane, batch, event, subject_lc, envelope)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, state = excluded.state, event = excluded.event,
+			subject_lc = excluded.subject_lc, envelope = excluded.envelope
+		RETURNING rowid, t0, lane, batch`
+	setLaneSQL = `UPDATE messages SET lane = coalesce(lane, ?), batch = coalesce(batch, ?) WHERE rowid = ?`
+	insRcptSQL = `INSERT OR IGNORE INTO recipients (addr, t0, msg) VALUES (?, ?, ?)`
+	oldEnvSQL  = `SELECT rowid, t0, envelope FROM messages WHERE id = ? AND envelope IS NOT NULL`
+	delRcptSQL = `DELETE FROM recipients WHERE addr = ? AND t0 = ? AND msg = ?`
+	delMsgSQL  = `DELETE FROM messages WHERE rowid = ?`
+)
+
+// prepare prepares the writer's statements.
+func (x *Index) prepare() error {
+	s := &x.stmts
+	for _, p := range []struct {
+		to  **sql.Stmt
+		sql string
+	}{
+		{&s.upsert, upsertSQL}, {&s.upsertEnv, upsertEnvSQL}, {&s.setLane, setLaneSQL}, {&s.insRcpt, insRcptSQL},
+		{&s.oldEnv, oldEnvSQL}, {&s.delRcpt, delRcptSQL}, {&s.delMsg, delMsgSQL},
+	} {
+		st, err := x.wdb.Prepare(p.sql)
+		if err != nil {
+			s.close()
+			return fmt.Errorf("prepare: %w", err)
+		}
+		*p.to = st
+	}
+	return nil
+}
+
+// in returns the statements for use in tx (on the one connection they
+// were prepared on, so they are not prepared again).
+func (s *writeStmts) in(ctx context.Context, tx *sql.Tx) *writeStmts {
+	return &writeStmts{
+		upsert: tx.StmtContext(ctx, s.upsert), upsertEnv: tx.StmtContext(ctx, s.upsertEnv),
+		setLane: tx.StmtContext(ctx, s.setLane), insRcpt: tx.StmtContext(ctx, s.insRcpt),
+		oldEnv: tx.StmtContext(ctx, s.oldEnv), delRcpt: tx.StmtContext(ctx, s.delRcpt),
+		delMsg: tx.StmtContext(ctx, s.delMsg),
+	}
+}
+
+func (s *writeStmts) close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{s.upsert, s.upsertEnv, s.setLane, s.insRcpt, s.oldEnv, s.delRcpt, s.delMsg} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // deleteRecipients removes the recipient rows of the envelope env of the
@@ -535,7 +586,9 @@ func (x *Index) pruneOnce(ctx context.Context, first uint64) (int, error) {
 		return 0, err
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT rowid, t0, envelope FROM messages WHERE seq < ? LIMIT ?`, int64(first), pruneChunk)
+	// A message whose latest event has left the stream has its first event
+	// before first too: the rowid range finds it without an index on seq.
+	rows, err := tx.QueryContext(ctx, `SELECT rowid, t0, envelope FROM messages WHERE rowid < ?1 AND seq < ?1 LIMIT ?2`, int64(first), pruneChunk)
 	if err != nil {
 		return 0, fmt.Errorf("prune: %w", err)
 	}
@@ -558,23 +611,15 @@ func (x *Index) pruneOnce(ctx context.Context, first uint64) (int, error) {
 	if len(vs) == 0 {
 		return 0, nil
 	}
-	del, err := tx.PrepareContext(ctx, `DELETE FROM recipients WHERE addr = ? AND t0 = ? AND msg = ?`)
-	if err != nil {
-		return 0, err
-	}
-	defer del.Close()
-	delMsg, err := tx.PrepareContext(ctx, `DELETE FROM messages WHERE rowid = ?`)
-	if err != nil {
-		return 0, err
-	}
-	defer delMsg.Close()
+	st := x.stmts.in(ctx, tx)
+	defer st.close()
 	for _, v := range vs {
 		if v.env != nil {
-			if err := deleteRecipients(ctx, del, v.env, v.t0, v.rowid); err != nil {
+			if err := deleteRecipients(ctx, st.delRcpt, v.env, v.t0, v.rowid); err != nil {
 				return 0, fmt.Errorf("prune: %w", err)
 			}
 		}
-		if _, err := delMsg.ExecContext(ctx, v.rowid); err != nil {
+		if _, err := st.delMsg.ExecContext(ctx, v.rowid); err != nil {
 			return 0, fmt.Errorf("prune: %w", err)
 		}
 	}
