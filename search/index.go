@@ -50,9 +50,12 @@ const schemaVersion = 1
 // together the sort key, which never changes for a message. seq is the
 // sequence of the latest event, which is event; envelope is the JSON of
 // the latest envelope seen. (seq has no index: pruning looks at the rows
-// whose first event has left the stream, in rowid order.) recipients maps each lower-case address of
-// that envelope to the message, with t0, so that a search by recipient
-// reads its rows in order from one index.
+// whose first event has left the stream, in rowid order.) recipients maps
+// each lower-case address of that envelope to the message, with t0, so
+// that a search by recipient reads its rows in order from one index;
+// subjects holds the lower-case subject of each message with an envelope
+// in the sort order, so that a search by a part of the subject scans a
+// narrow table rather than the messages.
 const schemaSQL = `
 CREATE TABLE meta (
 	key   TEXT PRIMARY KEY,
@@ -74,6 +77,12 @@ CREATE INDEX messages_t0 ON messages (t0);
 CREATE INDEX messages_state ON messages (state, t0);
 CREATE INDEX messages_lane ON messages (lane, t0);
 CREATE INDEX messages_batch ON messages (batch, t0) WHERE batch IS NOT NULL;
+CREATE TABLE subjects (
+	t0         INTEGER NOT NULL,
+	msg        INTEGER NOT NULL,
+	subject_lc TEXT NOT NULL,
+	PRIMARY KEY (t0, msg)
+) WITHOUT ROWID;
 CREATE TABLE recipients (
 	addr TEXT NOT NULL,
 	t0   INTEGER NOT NULL,
@@ -208,7 +217,7 @@ func (x *Index) init() error {
 			x.log.Warn("search index has another layout; rebuilding it from the result stream",
 				"path", x.path, "version", version, "want_version", schemaVersion)
 		}
-		for _, t := range []string{"meta", "messages", "recipients"} {
+		for _, t := range []string{"meta", "messages", "recipients", "subjects"} {
 			if _, err := tx.ExecContext(ctx, `DROP TABLE IF EXISTS `+t); err != nil {
 				return err
 			}

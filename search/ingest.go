@@ -304,6 +304,11 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 				return fmt.Errorf("index %s: %w", u.id, err)
 			}
 		}
+		if u.envelope != nil {
+			if _, err := st.setSubject.ExecContext(ctx, t0, rowid, u.subjectLC); err != nil {
+				return fmt.Errorf("index %s: subject: %w", u.id, err)
+			}
+		}
 		for _, a := range u.rcpts {
 			if _, err := st.insRcpt.ExecContext(ctx, a, t0, rowid); err != nil {
 				return fmt.Errorf("index %s: recipient: %w", u.id, err)
@@ -323,7 +328,7 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 
 // writeStmts are the statements of the writer, prepared once.
 type writeStmts struct {
-	upsert, upsertEnv, setLane, insRcpt, oldEnv, delRcpt, delMsg *sql.Stmt
+	upsert, upsertEnv, setLane, setSubject, insRcpt, oldEnv, delRcpt, delSubject, delMsg *sql.Stmt
 }
 
 // The statements of writeStmts. An upsert inserts a new message with
@@ -341,11 +346,14 @@ const (
 		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, state = excluded.state, event = excluded.event,
 			subject_lc = excluded.subject_lc, envelope = excluded.envelope
 		RETURNING rowid, t0, lane, batch`
-	setLaneSQL = `UPDATE messages SET lane = coalesce(lane, ?), batch = coalesce(batch, ?) WHERE rowid = ?`
-	insRcptSQL = `INSERT OR IGNORE INTO recipients (addr, t0, msg) VALUES (?, ?, ?)`
-	oldEnvSQL  = `SELECT rowid, t0, envelope FROM messages WHERE id = ? AND envelope IS NOT NULL`
-	delRcptSQL = `DELETE FROM recipients WHERE addr = ? AND t0 = ? AND msg = ?`
-	delMsgSQL  = `DELETE FROM messages WHERE rowid = ?`
+	setLaneSQL    = `UPDATE messages SET lane = coalesce(lane, ?), batch = coalesce(batch, ?) WHERE rowid = ?`
+	setSubjectSQL = `INSERT INTO subjects (t0, msg, subject_lc) VALUES (?, ?, ?)
+		ON CONFLICT (t0, msg) DO UPDATE SET subject_lc = excluded.subject_lc`
+	insRcptSQL    = `INSERT OR IGNORE INTO recipients (addr, t0, msg) VALUES (?, ?, ?)`
+	delSubjectSQL = `DELETE FROM subjects WHERE t0 = ? AND msg = ?`
+	oldEnvSQL     = `SELECT rowid, t0, envelope FROM messages WHERE id = ? AND envelope IS NOT NULL`
+	delRcptSQL    = `DELETE FROM recipients WHERE addr = ? AND t0 = ? AND msg = ?`
+	delMsgSQL     = `DELETE FROM messages WHERE rowid = ?`
 )
 
 // prepare prepares the writer's statements.
@@ -355,8 +363,9 @@ func (x *Index) prepare() error {
 		to  **sql.Stmt
 		sql string
 	}{
-		{&s.upsert, upsertSQL}, {&s.upsertEnv, upsertEnvSQL}, {&s.setLane, setLaneSQL}, {&s.insRcpt, insRcptSQL},
-		{&s.oldEnv, oldEnvSQL}, {&s.delRcpt, delRcptSQL}, {&s.delMsg, delMsgSQL},
+		{&s.upsert, upsertSQL}, {&s.upsertEnv, upsertEnvSQL}, {&s.setLane, setLaneSQL}, {&s.setSubject, setSubjectSQL},
+		{&s.insRcpt, insRcptSQL}, {&s.oldEnv, oldEnvSQL}, {&s.delRcpt, delRcptSQL}, {&s.delSubject, delSubjectSQL},
+		{&s.delMsg, delMsgSQL},
 	} {
 		st, err := x.wdb.Prepare(p.sql)
 		if err != nil {
@@ -373,15 +382,16 @@ func (x *Index) prepare() error {
 func (s *writeStmts) in(ctx context.Context, tx *sql.Tx) *writeStmts {
 	return &writeStmts{
 		upsert: tx.StmtContext(ctx, s.upsert), upsertEnv: tx.StmtContext(ctx, s.upsertEnv),
-		setLane: tx.StmtContext(ctx, s.setLane), insRcpt: tx.StmtContext(ctx, s.insRcpt),
-		oldEnv: tx.StmtContext(ctx, s.oldEnv), delRcpt: tx.StmtContext(ctx, s.delRcpt),
+		setLane: tx.StmtContext(ctx, s.setLane), setSubject: tx.StmtContext(ctx, s.setSubject),
+		insRcpt: tx.StmtContext(ctx, s.insRcpt), oldEnv: tx.StmtContext(ctx, s.oldEnv),
+		delRcpt: tx.StmtContext(ctx, s.delRcpt), delSubject: tx.StmtContext(ctx, s.delSubject),
 		delMsg: tx.StmtContext(ctx, s.delMsg),
 	}
 }
 
 func (s *writeStmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.upsert, s.upsertEnv, s.setLane, s.insRcpt, s.oldEnv, s.delRcpt, s.delMsg} {
+	for _, st := range []*sql.Stmt{s.upsert, s.upsertEnv, s.setLane, s.setSubject, s.insRcpt, s.oldEnv, s.delRcpt, s.delSubject, s.delMsg} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -492,7 +502,7 @@ func (x *Index) reset(ctx context.Context, id string) error {
 		return err
 	}
 	defer tx.Rollback()
-	for _, q := range []string{`DELETE FROM messages`, `DELETE FROM recipients`} {
+	for _, q := range []string{`DELETE FROM messages`, `DELETE FROM recipients`, `DELETE FROM subjects`} {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("empty the index: %w", err)
 		}
@@ -616,6 +626,9 @@ func (x *Index) pruneOnce(ctx context.Context, first uint64) (int, error) {
 	for _, v := range vs {
 		if v.env != nil {
 			if err := deleteRecipients(ctx, st.delRcpt, v.env, v.t0, v.rowid); err != nil {
+				return 0, fmt.Errorf("prune: %w", err)
+			}
+			if _, err := st.delSubject.ExecContext(ctx, v.t0, v.rowid); err != nil {
 				return 0, fmt.Errorf("prune: %w", err)
 			}
 		}
