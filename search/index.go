@@ -98,14 +98,20 @@ const (
 	metaCreated = "stream_created" // the indexed stream's creation time, RFC 3339
 )
 
+// ErrInUse is wrapped by the error of Open for an index file that another
+// process (or another Index of this one) has open: one index has one
+// writer. Test for it with errors.Is.
+var ErrInUse = errors.New("search: index in use")
+
 // An Index is the search index of one result stream, in a SQLite file.
 // Open one, call Run to keep it up to date, and Search it. Its methods are
 // safe for concurrent use; Search may be called while Run writes.
 type Index struct {
 	path string
 	log  *slog.Logger
-	wdb  *sql.DB // the one writer connection
-	rdb  *sql.DB // readers, query_only
+	lock *os.File // held while open
+	wdb  *sql.DB  // the one writer connection
+	rdb  *sql.DB  // readers, query_only
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when seq grows
@@ -125,7 +131,9 @@ type Index struct {
 
 // Open opens the index in the SQLite file at path, creating the file (and
 // its folder) when it does not exist. A file of an older layout is emptied,
-// to be rebuilt by Run from the stream. A nil logger discards logs.
+// to be rebuilt by Run from the stream. A nil logger discards logs. The
+// file is locked (path+".lock") until Close: a file that another process
+// has open is an error wrapping ErrInUse.
 //
 // The database is in WAL mode, so that searches never wait for the writer.
 // Close the index when done.
@@ -140,6 +148,10 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 		path = abs
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("search: open %s: %w", path, err)
+	}
+	lock, err := lockFile(path)
+	if err != nil {
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
 	dsn := func(extra ...string) string {
@@ -159,6 +171,7 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 	}
 	wdb, err := sql.Open("sqlite", dsn("cache_size(-65536)")) // 64 MiB
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
 	wdb.SetMaxOpenConns(1)
@@ -166,6 +179,7 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 	x := &Index{
 		path:       path,
 		log:        logger,
+		lock:       lock,
 		wdb:        wdb,
 		changed:    make(chan struct{}),
 		pruneEvery: time.Minute,
@@ -173,15 +187,19 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 	}
 	if err := x.init(); err != nil {
 		wdb.Close()
+		lock.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
 	if err := x.prepare(); err != nil {
 		wdb.Close()
+		lock.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
 	rdb, err := sql.Open("sqlite", dsn("query_only(1)", "cache_size(-16384)")) // 16 MiB each
 	if err != nil {
+		x.stmts.close()
 		wdb.Close()
+		lock.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)
 	}
 	rdb.SetMaxOpenConns(4)
@@ -289,7 +307,7 @@ func (x *Index) Close() error {
 	var err error
 	x.closeOnce.Do(func() {
 		x.closed.Store(true)
-		err = errors.Join(x.stmts.close(), x.rdb.Close(), x.wdb.Close())
+		err = errors.Join(x.stmts.close(), x.rdb.Close(), x.wdb.Close(), x.lock.Close())
 		if err != nil {
 			err = fmt.Errorf("search: close %s: %w", x.path, err)
 		}

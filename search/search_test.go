@@ -498,3 +498,28 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("found %v", got)
 	}
 }
+
+// TestOpenInUse: one index file has one writer; Close lets another open
+// it.
+func TestOpenInUse(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/search.db"
+	idx, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other, err := Open(path, nil); !errors.Is(err, ErrInUse) {
+		if other != nil {
+			other.Close()
+		}
+		t.Fatalf("a second Open: %v, want ErrInUse", err)
+	}
+	if err := idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	idx, err = Open(path, nil)
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	idx.Close()
+}
