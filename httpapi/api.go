@@ -25,6 +25,7 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/search"
 )
 
 // Config configures the HTTP API.
@@ -45,6 +46,9 @@ type Config struct {
 	// PublishTimeout bounds the wait for JetStream to store a request.
 	// Default 10s.
 	PublishTimeout time.Duration
+	// Search is the index GET /v1/messages searches; the caller runs and
+	// closes it. Nil: GET /v1/messages answers 503, search is not enabled.
+	Search *search.Index
 }
 
 // Response is the JSON body of every answer of POST /v1/messages, and of
@@ -92,6 +96,7 @@ type API struct {
 	timeout   time.Duration
 	js        jetstream.JetStream
 	producer  *producer.Producer
+	search    *search.Index
 	log       *slog.Logger
 }
 
@@ -109,6 +114,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 		admission: cfg.Admission,
 		timeout:   cfg.PublishTimeout,
 		js:        js,
+		search:    cfg.Search,
 		log:       logger,
 	}
 	if a.admission == nil {
@@ -134,18 +140,20 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 	return a, nil
 }
 
-// Handler returns a handler that serves the API's two routes (and answers
-// 404 to every other path).
+// Handler returns a handler that serves the API's routes (and answers 404
+// to every other path).
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	a.Register(mux)
 	return mux
 }
 
-// Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux.
+// Register mounts POST /v1/messages, GET /v1/messages/{Id}, and the
+// search routes GET /v1/messages and GET /v1/messages/{Id}/events on mux.
 func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/messages", a.authorized(a.post))
 	mux.HandleFunc("GET /v1/messages/{id}", a.authorized(a.get))
+	a.registerSearch(mux)
 }
 
 // authorized answers 401 unless no tokens are configured or the request

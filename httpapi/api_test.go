@@ -293,6 +293,15 @@ func TestAPI(t *testing.T) {
 		{"NoStream", testAPINoStream},
 		{"NATSClosed", testAPINATSClosed},
 		{"NotFound", testAPINotFound},
+		// search_test.go
+		{"Search", testAPISearch},
+		{"SearchPaging", testAPISearchPaging},
+		{"SearchBadQuery", testAPISearchBadQuery},
+		{"SearchDisabled", testAPISearchDisabled},
+		{"SearchUnauthorized", testAPISearchUnauthorized},
+		{"SearchFailed", testAPISearchFailed},
+		{"Events", testAPIEvents},
+		{"EventsNotFound", testAPIEventsNotFound},
 	}
 	var ran atomic.Int32
 	t.Run("cases", func(t *testing.T) {
@@ -326,6 +335,8 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 	want := []string{
 		"getMessage 200", "getMessage 401", "getMessage 404", "getMessage 500",
+		"getMessageEvents 200", "getMessageEvents 401", "getMessageEvents 404", "getMessageEvents 500",
+		"searchMessages 200", "searchMessages 400", "searchMessages 401", "searchMessages 500", "searchMessages 503",
 		"sendMessage 202", "sendMessage 400", "sendMessage 401", "sendMessage 403", "sendMessage 413", "sendMessage 500",
 	}
 	if got := oa.documented(); !slices.Equal(got, want) {
