@@ -169,7 +169,7 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 		// A URI, so that SQLite takes any character in the path.
 		return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	}
-	wdb, err := sql.Open("sqlite", dsn("cache_size(-65536)")) // 64 MiB
+	wdb, err := sql.Open("sqlite", dsn("cache_size(-65536)", "analysis_limit(1000)")) // 64 MiB
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("search: open %s: %w", path, err)

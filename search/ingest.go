@@ -555,21 +555,38 @@ func (x *Index) pruneLoop(ctx context.Context, stream jetstream.Stream, created 
 		if !info.Created.Equal(created) || info.State.LastSeq < x.Seq() {
 			return errStreamChanged
 		}
-		n, err := x.prune(ctx, info.State.FirstSeq)
-		if err != nil {
+		if err := x.maintain(ctx, info.State.FirstSeq); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if n > 0 {
-			x.log.Info("search index: dropped messages whose events left the result stream",
-				"messages", n, "stream_first_seq", info.State.FirstSeq)
-		}
-		if _, err := x.wdb.ExecContext(ctx, `PRAGMA optimize`); err != nil && ctx.Err() == nil {
-			x.log.Warn("search index: PRAGMA optimize failed", "error", err)
-		}
 	}
+}
+
+// maintain drops the messages whose events have all left the stream
+// (first is the stream's first sequence) and refreshes the planner's
+// statistics.
+func (x *Index) maintain(ctx context.Context, first uint64) error {
+	began := time.Now()
+	n, err := x.prune(ctx, first)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		x.log.Info("search index: dropped messages whose events left the result stream",
+			"messages", n, "stream_first_seq", first)
+	}
+	pruned := time.Since(began)
+	// Statistics for the planner, from a sample (analysis_limit), so that
+	// this holds the writer for milliseconds, not seconds.
+	if _, err := x.wdb.ExecContext(ctx, `PRAGMA optimize`); err != nil && ctx.Err() == nil {
+		x.log.Warn("search index: PRAGMA optimize failed", "error", err)
+	}
+	if d := time.Since(began); d > time.Second {
+		x.log.Warn("search index: maintenance held the writer", "duration", d, "prune", pruned, "messages_pruned", n)
+	}
+	return nil
 }
 
 // pruneChunk is how many messages one prune transaction drops at most, so
