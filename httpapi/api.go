@@ -34,6 +34,7 @@ import (
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/tracing"
+	"github.com/jetmail/jetmail/search"
 )
 
 // Config configures the HTTP API.
@@ -80,6 +81,9 @@ type Config struct {
 	UnsubscribeLimit rate.Limit
 	// UnsubscribeBurst: see UnsubscribeLimit.
 	UnsubscribeBurst int
+	// Search is the index GET /v1/messages searches; the caller runs and
+	// closes it. Nil: GET /v1/messages answers 503, search is not enabled.
+	Search *search.Index
 }
 
 // Response is the JSON body of every answer of POST /v1/messages, and of
@@ -130,6 +134,7 @@ type API struct {
 	tracer    trace.Tracer
 	js        jetstream.JetStream
 	producer  *producer.Producer
+	search    *search.Index
 	log       *slog.Logger
 	sup       suppressAPI // suppressions.go, unsubscribe.go
 }
@@ -151,6 +156,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger) (*API, error) 
 		cancelled: cfg.Cancelled,
 		tracer:    cmp.Or[trace.Tracer](cfg.Tracer, tracing.Tracer()),
 		js:        js,
+		search:    cfg.Search,
 		log:       logger,
 	}
 	if a.admission == nil {
@@ -216,9 +222,11 @@ func (w *statusWriter) WriteHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-// Register mounts POST /v1/messages and GET /v1/messages/{Id} on mux, and
-// the suppression list's and the one-click unsubscribe's routes when they
-// are configured.
+// Register mounts the API's routes on mux: sending (POST /v1/messages,
+// /v1/messages/batch), reading (GET /v1/messages/{Id}, its /events, and the
+// search GET /v1/messages), cancelling (DELETE /v1/messages/{Id},
+// /v1/batches/{BatchId}), and the suppression list's and the one-click
+// unsubscribe's routes when they are configured.
 func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/messages", a.authorized(a.post))
 	mux.HandleFunc("POST /v1/messages/batch", a.authorized(a.postBatch))
@@ -227,6 +235,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/batches/{batch}", a.authorized(a.cancelBatch))
 	a.registerSuppressions(mux)
 	a.registerUnsubscribe(mux)
+	a.registerSearch(mux)
 }
 
 // authorized answers 401 unless no tokens are configured or the request

@@ -334,6 +334,15 @@ func TestAPI(t *testing.T) {
 		{"CancelBatch", testAPICancelBatch},
 		{"CancelBatchInvalid", testAPICancelBatchInvalid},
 		{"CancelNATSError", testAPICancelNATSError},
+		// search_test.go
+		{"Search", testAPISearch},
+		{"SearchPaging", testAPISearchPaging},
+		{"SearchBadQuery", testAPISearchBadQuery},
+		{"SearchDisabled", testAPISearchDisabled},
+		{"SearchUnauthorized", testAPISearchUnauthorized},
+		{"SearchFailed", testAPISearchFailed},
+		{"Events", testAPIEvents},
+		{"EventsNotFound", testAPIEventsNotFound},
 	}
 	var ran atomic.Int32
 	t.Run("cases", func(t *testing.T) {
@@ -370,6 +379,8 @@ func TestOpenAPIDocument(t *testing.T) {
 		"cancelMessage 200", "cancelMessage 401", "cancelMessage 404", "cancelMessage 409", "cancelMessage 500",
 		"getMessage 200", "getMessage 401", "getMessage 404", "getMessage 500",
 		"sendBatch 202", "sendBatch 400", "sendBatch 401", "sendBatch 413",
+		"getMessageEvents 200", "getMessageEvents 401", "getMessageEvents 404", "getMessageEvents 500",
+		"searchMessages 200", "searchMessages 400", "searchMessages 401", "searchMessages 500", "searchMessages 503",
 		"sendMessage 202", "sendMessage 400", "sendMessage 401", "sendMessage 403", "sendMessage 413", "sendMessage 500",
 	}
 	want = append(want, suppressionResponses...)

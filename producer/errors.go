@@ -22,9 +22,10 @@ var ErrInvalidOption = errors.New("producer: invalid option")
 // Test for it with errors.Is.
 var ErrNoStream = errors.New("producer: no JetStream stream")
 
-// ErrNotFound is wrapped by the error of Status for an Id that has no result
-// event: it was never published, no worker has taken it yet, or its events
-// have expired from the result stream. Test for it with errors.Is.
+// ErrNotFound is wrapped by the error of Status and Events for an Id that
+// has no result event: it was never published, no worker has taken it yet,
+// or its events have expired from the result stream. Test for it with
+// errors.Is.
 var ErrNotFound = errors.New("producer: no result")
 
 // ErrMalformed is wrapped by the error yielded for a stored event or dead

@@ -62,6 +62,7 @@ type gatewayFlags struct {
 	httpAddr    string
 	tokens      apiTokenFlags
 	oneClick    oneClickFlags
+	indexDir    string
 	connections string
 	from        string
 	allowed     []string
@@ -101,6 +102,7 @@ The API is described by schema/openapi.yaml.`,
 	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the HTTP API, with /healthz and /readyz")
 	f.tokens.addFlags(fs)
 	f.oneClick.addFlags(fs, false)
+	addIndexFlag(fs, &f.indexDir)
 	fs.StringVar(&f.connections, "connections", "", "YAML file of named SMTP connections, for their senders (see deploy/connections.example.yaml)")
 	fs.StringVar(&f.from, "smtp-from", "", "default sender of the default connection")
 	fs.StringSliceVar(&f.allowed, "smtp-allowed-senders", nil, "senders the default connection allows (addresses, or @domain)")
@@ -199,8 +201,13 @@ func (f *gatewayFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) erro
 	if err != nil {
 		return err
 	}
+	idx, stopIndex, err := startIndex(ctx, f.indexDir, c.js, f.names(), logger)
+	if err != nil {
+		return err
+	}
+	defer stopIndex()
 	api, err := httpapi.New(httpapi.Config{Names: f.names(), Admission: adm, Tokens: tokens,
-		Suppressions: store, Unsubscribe: unsub}, c.js, logger)
+		Suppressions: store, Unsubscribe: unsub, Search: idx}, c.js, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}

@@ -45,6 +45,10 @@ func TestMain(m *testing.M) {
 			os.Unsetenv(k)
 		}
 	}
+	// Workers and gateways in these tests keep no search index unless a
+	// test asks for one with --index-dir: the default folder is shared,
+	// and locked by the first process that opens it.
+	os.Setenv(envPrefix+"INDEX_DIR", "none")
 	dir, err := os.MkdirTemp("", "jetmail-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

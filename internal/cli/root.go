@@ -178,6 +178,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newCancelCmd(s),
 		newWebhooksCmd(s),
 		newSuppressCmd(s),
+		newSearchCmd(s),
 	)
 	annotateEnv(root)
 	return root

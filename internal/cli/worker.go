@@ -38,6 +38,7 @@ type workerFlags struct {
 	api           apiTokenFlags
 	webhooks      webhookFlags
 	oneClick      oneClickFlags
+	indexDir      string
 	nats          natsAuth
 	embedded      embeddedFlags
 	log           logFlags
@@ -120,6 +121,7 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringVar(&f.smtp.url, "smtp-url", "", "URL of the default SMTP connection, such as smtp://user@relay:587; empty writes .eml files into --outbox")
 	fs.StringVar(&c.Outbox, "outbox", def.Outbox, "folder of the .eml outbox used without --smtp-url")
 	fs.StringVar(&c.HTTPAddr, "http-addr", def.HTTPAddr, "address of the HTTP server for /metrics, /healthz, /readyz and the HTTP API")
+	addIndexFlag(fs, &f.indexDir)
 	fs.IntVar(&c.Concurrency, "concurrency", def.Concurrency, "deliveries in flight at once")
 	fs.DurationVar(&c.Retry.Initial, "retry-initial", def.Retry.Initial, "delay before the first retry")
 	fs.Float64Var(&c.Retry.Multiplier, "retry-multiplier", def.Retry.Multiplier, "growth of the retry delay per attempt")
@@ -332,8 +334,13 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 		}
 		return err
 	}
+	idx, stopIndex, err := startIndex(ctx, f.indexDir, js, cfg.Names, logger)
+	if err != nil {
+		return err
+	}
+	defer stopIndex()
 	api, err := httpapi.New(httpapi.Config{Names: cfg.Names, Admission: adm, Tokens: f.api.tokens,
-		Cancelled: cfg.Metrics.Cancelled, Suppressions: cfg.Suppressions, Unsubscribe: cfg.Unsubscribe}, js, logger)
+		Cancelled: cfg.Metrics.Cancelled, Suppressions: cfg.Suppressions, Unsubscribe: cfg.Unsubscribe, Search: idx}, js, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
