@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -194,6 +195,10 @@ func TestCompose(t *testing.T) {
 	}
 	if env["JETMAIL_SMTP_FROM"] == "" {
 		t.Errorf("compose service jetmail: no JETMAIL_SMTP_FROM, so `jetmail send` without --from fails")
+	}
+	if dir, tmpfs := env["JETMAIL_INDEX_DIR"], stringList(get(w, "tmpfs")); getString(w, "read_only") == "true" &&
+		(dir == "" || !slices.ContainsFunc(tmpfs, func(m string) bool { return strings.HasPrefix(dir+"/", strings.SplitN(m, ":", 2)[0]+"/") })) {
+		t.Errorf("compose service jetmail: read-only, and JETMAIL_INDEX_DIR %q is not on its tmpfs %v", dir, tmpfs)
 	}
 	httpPort := portOfAddr(t, env["JETMAIL_HTTP_ADDR"])
 	if !publishes(t, w, httpPort, httpPort) {

@@ -293,6 +293,27 @@ func TestKubernetesWorker(t *testing.T) {
 
 	env := k.containerEnv(t, c)
 	checkWorkerEnv(t, "worker container", env)
+	// The root file system is read-only: the search index needs a
+	// writable volume of its own.
+	if dir := env["JETMAIL_INDEX_DIR"]; dir == "" {
+		t.Error("worker container: JETMAIL_INDEX_DIR is not set, and ./jetmail-index is on the read-only root")
+	} else {
+		var vol string
+		for _, m := range getList(c, "volumeMounts") {
+			if getString(m, "mountPath") == dir {
+				vol = getString(m, "name")
+			}
+		}
+		found := false
+		for _, v := range getList(pod, "spec", "volumes") {
+			if getString(v, "name") == vol && get(v, "emptyDir") != nil {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("worker container: JETMAIL_INDEX_DIR %s is not an emptyDir volume's mount", dir)
+		}
+	}
 	for _, key := range []string{"JETMAIL_NATS_URL", "JETMAIL_SMTP_URL", "JETMAIL_HTTP_ADDR", "JETMAIL_GRACE_PERIOD", "JETMAIL_REPLICAS", "JETMAIL_SMTP_PASSWORD_FILE"} {
 		if _, ok := env[key]; !ok {
 			t.Errorf("worker container: %s is not set", key)
