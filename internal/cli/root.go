@@ -174,6 +174,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newBenchCmd(s),
 		newDeadCmd(s),
 		newGatewayCmd(s),
+		newServerCmd(s),
 	)
 	annotateEnv(root)
 	return root
