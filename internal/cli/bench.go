@@ -1,14 +1,19 @@
 package cli
 
 import (
+	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/jetmail/jetmail/internal/bench"
+	"github.com/jetmail/jetmail/internal/smtpsink"
 )
 
 func newBenchCmd(s stdio) *cobra.Command {
@@ -78,4 +83,71 @@ func reproduceLine(cmd *cobra.Command) string {
 		parts = append(parts, "--"+fl.Name+" "+v)
 	})
 	return strings.Join(parts, " ")
+}
+
+const sinkLong = `Run the SMTP sink of jetmail bench: an SMTP server that accepts every
+message and only counts it, like Postfix's smtp-sink (package
+internal/smtpsink). It offers PIPELINING, 8BITMIME, SMTPUTF8 and
+ENHANCEDSTATUSCODES, no TLS and no authentication.
+
+It prints "listening ADDR" on stdout once it accepts connections (with port
+0 in --addr, ADDR has the port it chose). With --control it reads standard
+input: every line makes it print "messages=N bytes=B connections=C", and the
+end of input stops it, so a sink started by a benchmark never outlives it.
+It stops on SIGTERM or SIGINT too, and prints the counters last.`
+
+func newSinkCmd(s stdio) *cobra.Command {
+	var addr string
+	var control bool
+	cmd := &cobra.Command{
+		Use:    "sink",
+		Short:  "Run the fast counting SMTP sink of jetmail bench",
+		Long:   sinkLong,
+		Hidden: true,
+		Example: `  # a sink on port 2525; point a worker at it with --smtp-url smtp://127.0.0.1:2525?tls=none
+  jetmail sink --addr 127.0.0.1:2525`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runSink(cmd.Context(), s, addr, control)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:2525", "address to listen on (port 0: a free port)")
+	cmd.Flags().BoolVar(&control, "control", false, "print the counters for every line of standard input; stop at its end")
+	return cmd
+}
+
+// runSink serves the sink until ctx ends or, with control, standard input
+// does.
+func runSink(ctx context.Context, s stdio, addr string, control bool) error {
+	sink, err := smtpsink.Start(addr)
+	if err != nil {
+		return fmt.Errorf("sink: %w", err)
+	}
+	defer sink.Close()
+	var mu sync.Mutex // one line at a time on stdout
+	counters := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(s.out, "messages=%d bytes=%d connections=%d\n", sink.Messages(), sink.Bytes(), sink.Connections())
+	}
+	mu.Lock()
+	fmt.Fprintf(s.out, "listening %s\n", sink.Addr())
+	mu.Unlock()
+	eof := make(chan struct{})
+	if control {
+		go func() {
+			defer close(eof)
+			sc := bufio.NewScanner(s.in)
+			for sc.Scan() {
+				counters()
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case <-eof:
+	}
+	sink.Close()
+	counters()
+	return nil
 }

@@ -174,7 +174,7 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newBenchCmd(s),
 		newDeadCmd(s),
 		newGatewayCmd(s),
-		newServerCmd(s),
+		newServerCmd(s), newSinkCmd(s),
 	)
 	annotateEnv(root)
 	return root
