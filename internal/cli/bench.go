@@ -20,12 +20,13 @@ func newBenchCmd(s stdio) *cobra.Command {
 	o := bench.DefaultOptions()
 	cmd := &cobra.Command{
 		Use:     "bench",
-		Short:   "Measure throughput, latency and memory against a fast SMTP sink",
+		Short:   "Measure throughput, latency, memory and CPU per process against a fast SMTP sink",
 		Long:    bench.Long,
 		Example: bench.Example,
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.DurabilitySet = cmd.Flags().Changed("durability")
+			o.TopologySet = cmd.Flags().Changed("topology")
 			o.Command = reproduceLine(cmd)
 			err := bench.Run(cmd.Context(), o, s.out, s.errOut)
 			var ue *bench.UsageError
@@ -37,7 +38,8 @@ func newBenchCmd(s stdio) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
-	fs.StringVar(&o.Mode, "mode", o.Mode, "throughput, latency, backlog or all")
+	fs.StringVar(&o.Mode, "mode", o.Mode, "throughput, latency, backlog, ceiling or all")
+	fs.StringVar(&o.Topology, "topology", o.Topology, "processes (server, workers and sink each in a process of its own, as deployed) or inprocess (all in this process)")
 	fs.IntVarP(&o.Messages, "messages", "n", o.Messages, "messages per run (throughput mode)")
 	fs.StringVar(&o.Sizes, "size", o.Sizes, "message size(s), comma-separated, such as 2KB,100KB")
 	fs.IntVar(&o.Runs, "runs", o.Runs, "runs of each measurement; the median is reported")
@@ -51,12 +53,14 @@ func newBenchCmd(s stdio) *cobra.Command {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long the latency mode publishes")
 	fs.IntVar(&o.Backlog, "backlog", o.Backlog, "requests of the backlog mode (for sizes over 16KB at most 1 GiB worth)")
 	fs.StringVar(&o.Sink, "sink", o.Sink, "SMTP sink: builtin, or postfix (Postfix's smtp-sink, from PATH or /usr/sbin)")
+	fs.StringVar(&o.Postfix, "postfix", o.Postfix, "measure Postfix's smtp-source and, with durability always, a Postfix relay: auto (when installed), off or require")
+	fs.StringVar(&o.CeilingReplicas, "ceiling-replicas", o.CeilingReplicas, "stream replicas of the ceiling mode, comma-separated: 1 is one jetmail server, 3 a loopback cluster of three")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server to use (its own durability settings apply); empty starts an embedded one in a temporary folder")
 	fs.BoolVar(&o.JSON, "json", false, "print the results as JSON instead of tables")
-	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of the first end-to-end phase to this file")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of this process in the first end-to-end phase to this file (with --topology processes: the publisher and result reader)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "longest a single phase may take")
-	fs.StringVar(&o.WorkerBinary, "worker-binary", "", "jetmail binary to run as the backlog worker; default: this executable")
-	_ = fs.MarkHidden("worker-binary")
+	fs.StringVar(&o.Binary, "jetmail-binary", "", "jetmail binary to run as the server, worker and sink processes; default: this executable")
+	_ = fs.MarkHidden("jetmail-binary")
 	return cmd
 }
 
@@ -65,7 +69,7 @@ func newBenchCmd(s stdio) *cobra.Command {
 func reproduceLine(cmd *cobra.Command) string {
 	parts := []string{"jetmail", cmd.Name()}
 	cmd.Flags().Visit(func(fl *pflag.Flag) {
-		if fl.Name == "worker-binary" {
+		if fl.Name == "jetmail-binary" {
 			return
 		}
 		v := fl.Value.String()
