@@ -563,6 +563,9 @@ type phaseStats struct {
 	SinkCount  int64         `json:"sink_count"`
 	Latency    *latencyStats `json:"latency_ms,omitempty"`
 	Processes  []procStats   `json:"processes,omitempty"`
+	// OtherCores is the CPU the rest of the machine used during the phase,
+	// in cores: a busy machine makes every figure slower.
+	OtherCores float64 `json:"other_cores"`
 }
 
 // proc returns the stats of the process named name.
@@ -617,6 +620,7 @@ type latencyRun struct {
 	PeakRSSMiB  float64      `json:"peak_rss_mib"`
 	SinkCount   int64        `json:"sink_count"`
 	Processes   []procStats  `json:"processes,omitempty"`
+	OtherCores  float64      `json:"other_cores"`
 }
 
 type latencyRow struct {
@@ -672,6 +676,7 @@ func medianPhase(runs []phaseStats) phaseStats {
 		CPUPer1000: median(runs, func(p phaseStats) float64 { return p.CPUPer1000 }),
 		PeakRSSMiB: median(runs, func(p phaseStats) float64 { return p.PeakRSSMiB }),
 		SinkCount:  int64(median(runs, func(p phaseStats) float64 { return float64(p.SinkCount) })),
+		OtherCores: median(runs, func(p phaseStats) float64 { return p.OtherCores }),
 	}
 	if len(runs) > 0 && runs[0].Latency != nil {
 		m.Latency = &latencyStats{
@@ -1576,6 +1581,7 @@ func (b *bencher) latency(ctx context.Context, size benchSize, durability string
 		PeakRSSMiB: median(row.Runs, func(r latencyRun) float64 { return r.PeakRSSMiB }),
 		SinkCount:  int64(median(row.Runs, func(r latencyRun) float64 { return float64(r.SinkCount) })),
 		Processes:  medianProcs(collect(row.Runs, func(r latencyRun) phaseStats { return phaseStats{Processes: r.Processes} })),
+		OtherCores: median(row.Runs, func(r latencyRun) float64 { return r.OtherCores }),
 	}
 	b.report.Latency = append(b.report.Latency, row)
 	return nil
@@ -1642,7 +1648,8 @@ func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability 
 	b.profile.stop()
 	stopWorkers()
 	r := latencyRun{TargetRate: b.f.Rate, PublishRate: float64(n) / publishSecs, Messages: n,
-		Latency: percentiles(tr.latencies()), CPUPer1000: st.CPUPer1000, PeakRSSMiB: st.PeakRSSMiB, Processes: st.Processes}
+		Latency: percentiles(tr.latencies()), CPUPer1000: st.CPUPer1000, PeakRSSMiB: st.PeakRSSMiB, Processes: st.Processes,
+		OtherCores: st.OtherCores}
 	r.SinkCount = awaitSinkCount(sink, int64(n))
 	b.check("latency", n, r.SinkCount, tr)
 	return r, nil
@@ -1913,6 +1920,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 			fmt.Fprintln(w, line)
 		}
 		fmt.Fprintln(w, "\nLatency is publish → 200 result under full load (all messages published at once), so mostly queueing.")
+		fmt.Fprintln(w, "\"rest of machine\" is the CPU other programs (and the kernel's own work) used meanwhile, in cores: above a few tenths, the figures are low.")
 		if processes {
 			fmt.Fprintln(w, "CPU is per process, from /proc, over each phase; \"bench\" is the publisher and the result reader (and, direct, jetmail's SMTP transport).")
 			fmt.Fprintf(w, "smtp-source and the Postfix relay use %d SMTP session(s), as many as jetmail's pool; smtp-source adds about 130 bytes of headers.\n", st.Workers*st.PoolSize)
@@ -1943,7 +1951,8 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 				ps := phaseStats{Processes: m.Processes}
 				row = append(row, roleCell(&ps, "server"), roleCell(&ps, "worker"), roleCell(&ps, "sink"), roleCell(&ps, "bench"))
 			}
-			rows = append(rows, append(row, fmt.Sprintf("%.3f", m.CPUPer1000), fmt.Sprintf("%.0f", m.PeakRSSMiB)))
+			rows = append(rows, append(row, fmt.Sprintf("%.3f", m.CPUPer1000), fmt.Sprintf("%.0f", m.PeakRSSMiB),
+				fmt.Sprintf("%.2f", m.OtherCores)))
 		}
 		head := []string{"size", "durability", "achieved msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms"}
 		if processes {
@@ -1951,6 +1960,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		} else {
 			head = append(head, "CPU s/1k", "peak RSS MiB")
 		}
+		head = append(head, "rest of machine (cores)")
 		mdTable(w, head, rightAligned(len(head), 2), rows)
 		fmt.Fprintln(w, "\nGoal: p99 < 5 ms at 1,000 msg/s:")
 		for _, r := range rep.Latency {
@@ -2111,11 +2121,12 @@ func printThroughputProcesses(w io.Writer, rep *benchReport) {
 			rows = append(rows, []string{r.Size, r.Durability, ph.name,
 				roleCell(ph.p, "server"), roleCell(ph.p, "worker"), roleCell(ph.p, "sink"), roleCell(ph.p, "bench"), other,
 				fmt.Sprintf("%.3f", ph.p.CPUPer1000),
-				rssCell(ph.p, "server"), rssCell(ph.p, "worker"), rssCell(ph.p, "sink"), rssCell(ph.p, "bench")})
+				rssCell(ph.p, "server"), rssCell(ph.p, "worker"), rssCell(ph.p, "sink"), rssCell(ph.p, "bench"),
+				fmt.Sprintf("%.2f", ph.p.OtherCores)})
 		}
 	}
 	mdTable(w, []string{"size", "durability", "phase", "server", "worker(s)", "sink", "bench", "other", "total",
-		"RSS server", "RSS worker", "RSS sink", "RSS bench"}, rightAligned(13, 3), rows)
+		"RSS server", "RSS worker", "RSS sink", "RSS bench", "rest of machine (cores)"}, rightAligned(14, 3), rows)
 	for _, r := range rep.Throughput {
 		var each []string
 		for _, ps := range r.Median.EndToEnd.Processes {
@@ -2160,10 +2171,11 @@ func printCeiling(w io.Writer, rep *benchReport) {
 			f = strings.Join(followers, " / ")
 		}
 		rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability, fmt.Sprintf("R%d", r.Replicas),
-			thousands(m.Rate), strings.Join(leader, " / "), f, fmt.Sprintf("%.3f", total), bench, strings.Join(rss, " / ")})
+			thousands(m.Rate), strings.Join(leader, " / "), f, fmt.Sprintf("%.3f", total), bench, strings.Join(rss, " / "),
+			fmt.Sprintf("%.2f", m.OtherCores)})
 	}
 	mdTable(w, []string{"size", "durability", "stream", "msg/s", "leader ms/msg", "followers ms/msg", "all nodes ms/msg",
-		"bench ms/msg", "peak RSS MiB per node"}, rightAligned(9, 3), rows)
+		"bench ms/msg", "peak RSS MiB per node", "rest of machine (cores)"}, rightAligned(10, 3), rows)
 	fmt.Fprintln(w, "\nThe stream and the consumer are the workers' (config.Streams); the bench publishes asynchronously and pulls")
 	fmt.Fprintf(w, "%d at a time, acknowledging each message as a worker does. All nodes and the bench share this machine's %d CPUs.\n", ceilingPull, rep.Machine.CPUs)
 }

@@ -455,12 +455,34 @@ type procStats struct {
 	Node        string  `json:"node,omitempty"`
 }
 
+// machineCPU reads the first line of /proc/stat: the CPU time all
+// processors spent busy (user, nice, system, irq, softirq, steal) so far.
+func machineCPU() (time.Duration, bool) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, false
+	}
+	var busy time.Duration
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // not idle (4) nor iowait (5)
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		busy += time.Duration(v) * clockTick
+	}
+	return busy, true
+}
+
 // meter measures wall time and the CPU and peak RSS of processes over a
-// phase.
+// phase, and how busy the machine was with other processes.
 type meter struct {
 	start  time.Time
 	procs  []*measured
 	before []cpuReading
+	busy   time.Duration
+	busyOK bool
 }
 
 // startMeter resets the peak RSS of procs and reads their CPU time, then
@@ -476,6 +498,7 @@ func startMeter(procs ...*measured) *meter {
 		p.resetPeak()
 		m.before = append(m.before, p.cpu())
 	}
+	m.busy, m.busyOK = machineCPU()
 	m.start = time.Now()
 	return m
 }
@@ -504,6 +527,11 @@ func (m *meter) stats(n int, end time.Time) phaseStats {
 		}
 	}
 	st.CPUPer1000 = st.CPUSeconds / float64(n) * 1000
+	if busy, ok := machineCPU(); ok && m.busyOK && secs > 0 {
+		// The busy time of the phase not spent by the processes measured:
+		// other programs on the machine, and the kernel's own work.
+		st.OtherCores = max(0, ((busy-m.busy).Seconds()-st.CPUSeconds)/time.Since(m.start).Seconds())
+	}
 	return st
 }
 
