@@ -563,9 +563,18 @@ type phaseStats struct {
 	SinkCount  int64         `json:"sink_count"`
 	Latency    *latencyStats `json:"latency_ms,omitempty"`
 	Processes  []procStats   `json:"processes,omitempty"`
-	// OtherCores is the CPU the rest of the machine used during the phase,
-	// in cores: a busy machine makes every figure slower.
+	// OtherCores is the CPU other processes used during the phase, in
+	// cores: a busy machine makes every figure slower. IRQCores is the
+	// kernel's interrupt handling (loopback packets among it), StealCores
+	// the CPU the hypervisor gave to other machines.
 	OtherCores float64 `json:"other_cores"`
+	IRQCores   float64 `json:"irq_cores"`
+	StealCores float64 `json:"steal_cores"`
+}
+
+// machineCell is "other processes / interrupts / steal", in cores.
+func (p *phaseStats) machineCell() string {
+	return fmt.Sprintf("%.2f / %.2f / %.2f", p.OtherCores, p.IRQCores, p.StealCores)
 }
 
 // proc returns the stats of the process named name.
@@ -620,7 +629,7 @@ type latencyRun struct {
 	PeakRSSMiB  float64      `json:"peak_rss_mib"`
 	SinkCount   int64        `json:"sink_count"`
 	Processes   []procStats  `json:"processes,omitempty"`
-	OtherCores  float64      `json:"other_cores"`
+	Machine     phaseStats   `json:"machine"` // OtherCores, IRQCores, StealCores
 }
 
 type latencyRow struct {
@@ -677,6 +686,8 @@ func medianPhase(runs []phaseStats) phaseStats {
 		PeakRSSMiB: median(runs, func(p phaseStats) float64 { return p.PeakRSSMiB }),
 		SinkCount:  int64(median(runs, func(p phaseStats) float64 { return float64(p.SinkCount) })),
 		OtherCores: median(runs, func(p phaseStats) float64 { return p.OtherCores }),
+		IRQCores:   median(runs, func(p phaseStats) float64 { return p.IRQCores }),
+		StealCores: median(runs, func(p phaseStats) float64 { return p.StealCores }),
 	}
 	if len(runs) > 0 && runs[0].Latency != nil {
 		m.Latency = &latencyStats{
@@ -1581,7 +1592,9 @@ func (b *bencher) latency(ctx context.Context, size benchSize, durability string
 		PeakRSSMiB: median(row.Runs, func(r latencyRun) float64 { return r.PeakRSSMiB }),
 		SinkCount:  int64(median(row.Runs, func(r latencyRun) float64 { return float64(r.SinkCount) })),
 		Processes:  medianProcs(collect(row.Runs, func(r latencyRun) phaseStats { return phaseStats{Processes: r.Processes} })),
-		OtherCores: median(row.Runs, func(r latencyRun) float64 { return r.OtherCores }),
+		Machine: phaseStats{OtherCores: median(row.Runs, func(r latencyRun) float64 { return r.Machine.OtherCores }),
+			IRQCores:   median(row.Runs, func(r latencyRun) float64 { return r.Machine.IRQCores }),
+			StealCores: median(row.Runs, func(r latencyRun) float64 { return r.Machine.StealCores })},
 	}
 	b.report.Latency = append(b.report.Latency, row)
 	return nil
@@ -1649,7 +1662,7 @@ func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability 
 	stopWorkers()
 	r := latencyRun{TargetRate: b.f.Rate, PublishRate: float64(n) / publishSecs, Messages: n,
 		Latency: percentiles(tr.latencies()), CPUPer1000: st.CPUPer1000, PeakRSSMiB: st.PeakRSSMiB, Processes: st.Processes,
-		OtherCores: st.OtherCores}
+		Machine: phaseStats{OtherCores: st.OtherCores, IRQCores: st.IRQCores, StealCores: st.StealCores}}
 	r.SinkCount = awaitSinkCount(sink, int64(n))
 	b.check("latency", n, r.SinkCount, tr)
 	return r, nil
@@ -1920,7 +1933,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 			fmt.Fprintln(w, line)
 		}
 		fmt.Fprintln(w, "\nLatency is publish → 200 result under full load (all messages published at once), so mostly queueing.")
-		fmt.Fprintln(w, "\"rest of machine\" is the CPU other programs (and the kernel's own work) used meanwhile, in cores: above a few tenths, the figures are low.")
+		fmt.Fprintln(w, "\"others / irq / steal\" is the CPU, in cores, that other programs, the kernel's interrupt handling (loopback packets among it) and the hypervisor took meanwhile: with others or steal above a few tenths, the figures are low.")
 		if processes {
 			fmt.Fprintln(w, "CPU is per process, from /proc, over each phase; \"bench\" is the publisher and the result reader (and, direct, jetmail's SMTP transport).")
 			fmt.Fprintf(w, "smtp-source and the Postfix relay use %d SMTP session(s), as many as jetmail's pool; smtp-source adds about 130 bytes of headers.\n", st.Workers*st.PoolSize)
@@ -1952,7 +1965,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 				row = append(row, roleCell(&ps, "server"), roleCell(&ps, "worker"), roleCell(&ps, "sink"), roleCell(&ps, "bench"))
 			}
 			rows = append(rows, append(row, fmt.Sprintf("%.3f", m.CPUPer1000), fmt.Sprintf("%.0f", m.PeakRSSMiB),
-				fmt.Sprintf("%.2f", m.OtherCores)))
+				m.Machine.machineCell()))
 		}
 		head := []string{"size", "durability", "achieved msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms"}
 		if processes {
@@ -1960,7 +1973,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		} else {
 			head = append(head, "CPU s/1k", "peak RSS MiB")
 		}
-		head = append(head, "rest of machine (cores)")
+		head = append(head, "others / irq / steal (cores)")
 		mdTable(w, head, rightAligned(len(head), 2), rows)
 		fmt.Fprintln(w, "\nGoal: p99 < 5 ms at 1,000 msg/s:")
 		for _, r := range rep.Latency {
@@ -2122,11 +2135,11 @@ func printThroughputProcesses(w io.Writer, rep *benchReport) {
 				roleCell(ph.p, "server"), roleCell(ph.p, "worker"), roleCell(ph.p, "sink"), roleCell(ph.p, "bench"), other,
 				fmt.Sprintf("%.3f", ph.p.CPUPer1000),
 				rssCell(ph.p, "server"), rssCell(ph.p, "worker"), rssCell(ph.p, "sink"), rssCell(ph.p, "bench"),
-				fmt.Sprintf("%.2f", ph.p.OtherCores)})
+				ph.p.machineCell()})
 		}
 	}
 	mdTable(w, []string{"size", "durability", "phase", "server", "worker(s)", "sink", "bench", "other", "total",
-		"RSS server", "RSS worker", "RSS sink", "RSS bench", "rest of machine (cores)"}, rightAligned(14, 3), rows)
+		"RSS server", "RSS worker", "RSS sink", "RSS bench", "others / irq / steal (cores)"}, rightAligned(14, 3), rows)
 	for _, r := range rep.Throughput {
 		var each []string
 		for _, ps := range r.Median.EndToEnd.Processes {
@@ -2172,10 +2185,10 @@ func printCeiling(w io.Writer, rep *benchReport) {
 		}
 		rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability, fmt.Sprintf("R%d", r.Replicas),
 			thousands(m.Rate), strings.Join(leader, " / "), f, fmt.Sprintf("%.3f", total), bench, strings.Join(rss, " / "),
-			fmt.Sprintf("%.2f", m.OtherCores)})
+			m.machineCell()})
 	}
 	mdTable(w, []string{"size", "durability", "stream", "msg/s", "leader ms/msg", "followers ms/msg", "all nodes ms/msg",
-		"bench ms/msg", "peak RSS MiB per node", "rest of machine (cores)"}, rightAligned(10, 3), rows)
+		"bench ms/msg", "peak RSS MiB per node", "others / irq / steal (cores)"}, rightAligned(10, 3), rows)
 	fmt.Fprintln(w, "\nThe stream and the consumer are the workers' (config.Streams); the bench publishes asynchronously and pulls")
 	fmt.Fprintf(w, "%d at a time, acknowledging each message as a worker does. All nodes and the bench share this machine's %d CPUs.\n", ceilingPull, rep.Machine.CPUs)
 }

@@ -455,34 +455,43 @@ type procStats struct {
 	Node        string  `json:"node,omitempty"`
 }
 
-// machineCPU reads the first line of /proc/stat: the CPU time all
-// processors spent busy (user, nice, system, irq, softirq, steal) so far.
-func machineCPU() (time.Duration, bool) {
+// machineTimes is the first line of /proc/stat: the CPU time of all
+// processors so far, in three parts.
+type machineTimes struct {
+	tasks time.Duration // user, nice, system: processes
+	irq   time.Duration // irq, softirq: the kernel's, such as loopback packets
+	steal time.Duration // taken by the hypervisor for other machines
+	ok    bool
+}
+
+func machineCPU() machineTimes {
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, false
+		return machineTimes{}
 	}
 	line, _, _ := strings.Cut(string(data), "\n")
 	f := strings.Fields(line)
 	if len(f) < 9 || f[0] != "cpu" {
-		return 0, false
+		return machineTimes{}
 	}
-	var busy time.Duration
-	for _, i := range []int{1, 2, 3, 6, 7, 8} { // not idle (4) nor iowait (5)
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		busy += time.Duration(v) * clockTick
+	sum := func(fields ...int) time.Duration {
+		var d time.Duration
+		for _, i := range fields {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			d += time.Duration(v) * clockTick
+		}
+		return d
 	}
-	return busy, true
+	return machineTimes{tasks: sum(1, 2, 3), irq: sum(6, 7), steal: sum(8), ok: true}
 }
 
 // meter measures wall time and the CPU and peak RSS of processes over a
 // phase, and how busy the machine was with other processes.
 type meter struct {
-	start  time.Time
-	procs  []*measured
-	before []cpuReading
-	busy   time.Duration
-	busyOK bool
+	start   time.Time
+	procs   []*measured
+	before  []cpuReading
+	machine machineTimes
 }
 
 // startMeter resets the peak RSS of procs and reads their CPU time, then
@@ -498,7 +507,7 @@ func startMeter(procs ...*measured) *meter {
 		p.resetPeak()
 		m.before = append(m.before, p.cpu())
 	}
-	m.busy, m.busyOK = machineCPU()
+	m.machine = machineCPU()
 	m.start = time.Now()
 	return m
 }
@@ -527,10 +536,13 @@ func (m *meter) stats(n int, end time.Time) phaseStats {
 		}
 	}
 	st.CPUPer1000 = st.CPUSeconds / float64(n) * 1000
-	if busy, ok := machineCPU(); ok && m.busyOK && secs > 0 {
-		// The busy time of the phase not spent by the processes measured:
-		// other programs on the machine, and the kernel's own work.
-		st.OtherCores = max(0, ((busy-m.busy).Seconds()-st.CPUSeconds)/time.Since(m.start).Seconds())
+	if now := machineCPU(); now.ok && m.machine.ok {
+		// What the phase's processes did not use: other programs, the
+		// kernel's interrupts, the hypervisor.
+		wall := time.Since(m.start).Seconds()
+		st.OtherCores = max(0, ((now.tasks-m.machine.tasks).Seconds()-st.CPUSeconds)/wall)
+		st.IRQCores = (now.irq - m.machine.irq).Seconds() / wall
+		st.StealCores = (now.steal - m.machine.steal).Seconds() / wall
 	}
 	return st
 }
