@@ -530,6 +530,9 @@ func (b *bencher) logf(format string, args ...any) {
 // note records an observation that does not invalidate the figures.
 func (b *bencher) note(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	if slices.Contains(b.report.Notes, msg) { // the same in every run
+		return
+	}
 	b.report.Notes = append(b.report.Notes, msg)
 	b.logf("note: %s", msg)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -201,9 +202,11 @@ func (c *child) waitFor(ctx context.Context, msg string, timeout time.Duration) 
 	}
 }
 
-// benignWarnings are what the nodes of a cluster log while it forms,
-// before the others listen: not worth a note.
-var benignWarnings = []string{"Error trying to connect to route", "Waiting for routing to be established"}
+// benignWarnings are what the nodes of a cluster log while it forms
+// (before the others listen, before a meta leader is elected) and when
+// they stop (the meta snapshot): not worth a note.
+var benignWarnings = []string{"Error trying to connect to route", "Waiting for routing to be established",
+	"JetStream has not established contact with a meta leader", "Metalayer blocking snapshot"}
 
 // warnings returns the records at level WARN or ERROR, but for
 // benignWarnings.
@@ -217,8 +220,16 @@ func (l *lineLog) warnings() []string {
 			continue
 		}
 		if lvl, _ := r["level"].(string); lvl == "WARN" || lvl == "ERROR" {
-			b, _ := json.Marshal(r)
-			out = append(out, string(b))
+			// Level, message and attributes; not the time, so that the
+			// same warning in every run makes one note.
+			line := lvl + " " + msg
+			for _, k := range slices.Sorted(maps.Keys(r)) {
+				if k != "time" && k != "level" && k != "msg" {
+					v, _ := json.Marshal(r[k])
+					line += " " + k + "=" + string(v)
+				}
+			}
+			out = append(out, line)
 		}
 	}
 	return out
