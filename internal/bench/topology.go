@@ -245,9 +245,13 @@ func startSinkProc(bin string) (*sinkProc, error) {
 	select {
 	case r := <-first:
 		addr, ok := strings.CutPrefix(strings.TrimSpace(r.line), "listening ")
-		if r.err != nil || !ok {
+		if r.err != nil {
 			s.Close()
-			return nil, fmt.Errorf("sink process: %q, %v: %s", r.line, r.err, c.describe())
+			return nil, fmt.Errorf("sink process: %w: %s", r.err, c.describe())
+		}
+		if !ok {
+			s.Close()
+			return nil, fmt.Errorf("sink process printed %q, not \"listening ADDR\": %s", r.line, c.describe())
 		}
 		s.addr = addr
 	case <-time.After(startTimeout):

@@ -107,7 +107,7 @@ func (f *serverFlags) addFlags(fs *pflag.FlagSet) {
 func hostPort(flag, addr string) (string, int, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", 0, badFlags("--%s %q: %v", flag, addr, err)
+		return "", 0, badFlags("--%s %q: %w", flag, addr, err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 0 || port > 65535 {
