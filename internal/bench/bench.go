@@ -10,10 +10,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
-	"regexp"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -37,8 +34,14 @@ import (
 
 // Options are the settings of a run, the flags of `jetmail bench`.
 type Options struct {
-	// Mode is throughput, latency, backlog or all.
+	// Mode is throughput, latency, backlog, ceiling or all.
 	Mode string
+	// Topology is processes (the NATS server, the workers and the sink
+	// each in a process of its own) or inprocess (everything in the bench
+	// process).
+	Topology string
+	// TopologySet says Topology was given explicitly.
+	TopologySet bool
 	// Messages is the number of messages per throughput run.
 	Messages int
 	// Backlog is the number of requests of the backlog mode.
@@ -69,6 +72,14 @@ type Options struct {
 	Duration time.Duration
 	// Sink is builtin or postfix.
 	Sink string
+	// Postfix says whether to measure Postfix's smtp-source into the sink
+	// and, with durability always, a Postfix relay: auto (when Postfix is
+	// installed), off or require.
+	Postfix string
+	// CeilingReplicas are the stream replica counts of the ceiling mode,
+	// comma-separated, such as "1,3": 1 is one `jetmail server`, more a
+	// loopback cluster of that many.
+	CeilingReplicas string
 	// NATSURL is a NATS server to use; empty starts an embedded one.
 	NATSURL string
 	// JSON prints the results as JSON instead of tables.
@@ -78,18 +89,18 @@ type Options struct {
 	CPUProfile string
 	// Timeout is the longest a single phase may take.
 	Timeout time.Duration
-	// WorkerBinary is the jetmail binary run as the backlog worker;
-	// default: this executable.
-	WorkerBinary string
+	// Binary is the jetmail binary run as the server, worker and sink
+	// processes; default: this executable.
+	Binary string
 	// Command is the command line that reproduces the run, for the report.
 	Command string
 }
 
 // DefaultOptions are the defaults of `jetmail bench`.
 func DefaultOptions() Options {
-	return Options{Mode: "throughput", Messages: 10000, Backlog: 100000, Sizes: "2KB", Runs: 3, Concurrency: 16,
-		PoolSize: 8, Workers: 1, Durability: "default", Rate: 1000, Duration: 10 * time.Second, Sink: "builtin",
-		Timeout: 10 * time.Minute}
+	return Options{Mode: "throughput", Topology: "processes", Messages: 10000, Backlog: 100000, Sizes: "2KB", Runs: 3,
+		Concurrency: 16, PoolSize: 8, Workers: 1, Durability: "default", Rate: 1000, Duration: 10 * time.Second,
+		Sink: "builtin", Postfix: "auto", CeilingReplicas: "1,3", Timeout: 10 * time.Minute}
 }
 
 // UsageError is a mistake in the Options: the command exits 2.
@@ -108,30 +119,51 @@ func badFlags(format string, args ...any) error {
 // Long is the help text of `jetmail bench`.
 const Long = `Measure jetmail's throughput, latency and memory against a fast SMTP sink.
 
-Everything runs on this machine: a JetStream server (embedded, in a
-temporary folder that is removed afterwards, unless --nats-url names one), an
-SMTP sink that accepts and counts every message (the built-in one, or
-Postfix's smtp-sink with --sink postfix), the publisher and the worker(s).
+Everything runs on this machine, on loopback. With --topology processes (the
+default) it is laid out as deployed: the NATS JetStream server ('jetmail
+server', in a temporary folder that is removed afterwards), each worker
+('jetmail worker --nats-url ... --smtp-url ...') and the SMTP sink ('jetmail
+sink', or Postfix's smtp-sink with --sink postfix) run in processes of their
+own, so every JetStream operation is a network round trip; the publisher and
+the result reader run in the bench process. The CPU time of each process
+(/proc/<pid>/stat and schedstat, read at the start and the end of a phase)
+is reported per message, with each one's peak RSS, so the cost shows where
+it is spent. --topology inprocess runs the server, the workers and the sink
+inside the bench process, as earlier versions did (and --nats-url implies
+it).
 
 Modes:
 
-  throughput  for each message size and durability, --runs times:
+  throughput  for each message size and durability, --runs times, into one
+              sink process per run:
                 1. direct: the messages built (worker.Build) and sent straight
-                   to the sink with jetmail's SMTP transport, with the same
-                   concurrency and pool size as the worker: the SMTP limit of
-                   this machine for jetmail, measured in the same run;
-                2. end-to-end: -n requests published to JetStream while the
-                   worker(s) deliver them, until every final result is in.
-              It prints both rates and their ratio, the publish-to-sent
-              latency (under full load, so mostly queueing), CPU seconds per
-              1,000 messages (this process: publisher, server, worker and
-              sink together) and the peak RSS of this process.
+                   to the sink with jetmail's SMTP transport from the bench
+                   process, with the same concurrency and pool size as the
+                   worker: the SMTP limit of this machine for jetmail;
+                2. smtp-source: Postfix's smtp-source sends as many messages
+                   of the same size over as many sessions (when installed);
+                3. end-to-end: -n requests published to JetStream while the
+                   worker(s) deliver them, until every final result is in;
+                4. with durability always, a throwaway Postfix relay (its own
+                   main.cf and queue, relaying to the same sink; Postfix
+                   fsyncs every queue file) fed by smtp-source, until the
+                   sink has every message (when Postfix is installed and the
+                   bench runs as root).
+              It prints the rates and the ratios end-to-end / direct,
+              end-to-end / smtp-source and end-to-end / Postfix relay, the
+              publish-to-sent latency (under full load, so mostly queueing),
+              and CPU ms per message and peak RSS of each process.
   latency     requests published at a fixed --rate for --duration; the
-              publish-to-sent latency percentiles.
+              publish-to-sent latency percentiles and CPU per message.
   backlog     --backlog requests published with no worker running, then
               one (or --workers) 'jetmail worker' process(es) started: the
               drain rate, and the worker process's own peak RSS and CPU.
-  all         the three, in that order.
+  ceiling     the JetStream ceiling of one stream without SMTP: -n requests
+              published to the request stream (a work queue) and pulled and
+              acknowledged by the bench, as workers do, on one 'jetmail
+              server' (R1) and on a loopback cluster of 3 (R3; see
+              --ceiling-replicas); msg/s and each node's CPU ms per message.
+  all         the four, in that order.
 
 Durability: "default" is JetStream's (fsync every 2 minutes); "always"
 (sync_interval: always, --sync-always) fsyncs every write before
@@ -147,17 +179,27 @@ tables.
 The requests are published pre-encoded (a JSON template with a fresh Id per
 message, and Nats-Msg-Id set), so the publisher costs little.
 Latencies are measured from just before the publish to the arrival of the
-200 sent result event on a core NATS subscription to mail.result.>.`
+200 sent result event on a core NATS subscription to mail.result.>.
+
+Postfix (smtp-source, smtp-sink, the relay) is used when installed
+(--postfix auto); where it is not, those figures are left out with a note.
+The relay is started with 'postfix -c DIR start' and stopped whatever
+happens, by the bench and, should the bench be killed, by a watchdog shell
+that waits on a pipe from it.`
 
 // Example is the examples of `jetmail bench`.
-const Example = `  # the numbers of the README: both sizes, both durabilities, medians of 3 runs
-  jetmail bench --mode all --size 2KB,100KB -n 20000 --durability both --runs 3
+const Example = `  # the numbers of the README: processes as deployed, medians of 3 runs
+  jetmail bench --size 2KB -n 20000 --runs 3
+  jetmail bench --size 2KB -n 20000 --runs 3 --concurrency 64
+  jetmail bench --size 2KB -n 20000 --runs 3 --durability always   # with a Postfix relay
+  jetmail bench --mode latency --rate 1000 --duration 10s --runs 1
+  jetmail bench --mode ceiling --size 2KB -n 20000 --runs 3
 
-  # where does the time go? a CPU profile of an end-to-end run
-  jetmail bench -n 50000 --runs 1 --cpuprofile e2e.pprof && go tool pprof -top e2e.pprof
+  # the earlier, in-process measurement
+  jetmail bench --topology inprocess -n 20000
 
-  # 1,000 messages per second for 30 s, fsyncing every write
-  jetmail bench --mode latency --rate 1000 --duration 30s --sync-always
+  # where does the bench process's own time go?
+  jetmail bench -n 50000 --runs 1 --cpuprofile bench.pprof && go tool pprof -top bench.pprof
 
   # against Postfix's smtp-sink (apt-get install postfix) and a NATS server
   jetmail bench --sink postfix --nats-url nats://127.0.0.1:4222`
@@ -174,17 +216,40 @@ type benchPlan struct {
 	sizes        []benchSize
 	durabilities []string
 	prefetch     int
+	processes    bool  // the process topology
+	replicas     []int // of the ceiling mode
+	postfix      bool  // measure smtp-source and the Postfix relay
+	postfixWhy   string
 }
 
 func (f *Options) plan() (*benchPlan, error) {
 	p := &benchPlan{prefetch: f.Prefetch}
 	switch m := strings.ToLower(f.Mode); m {
-	case "throughput", "latency", "backlog":
+	case "throughput", "latency", "backlog", "ceiling":
 		p.modes = []string{m}
 	case "all":
-		p.modes = []string{"throughput", "latency", "backlog"}
+		p.modes = []string{"throughput", "latency", "backlog", "ceiling"}
 	default:
-		return nil, badFlags("--mode must be throughput, latency, backlog or all, got %q", f.Mode)
+		return nil, badFlags("--mode must be throughput, latency, backlog, ceiling or all, got %q", f.Mode)
+	}
+	switch t := strings.ToLower(f.Topology); {
+	case t == "processes" && f.NATSURL != "" && f.TopologySet:
+		return nil, badFlags("--topology processes starts its own NATS server; with --nats-url use --topology inprocess")
+	case t == "processes":
+		p.processes = f.NATSURL == ""
+	case t == "inprocess":
+	default:
+		return nil, badFlags("--topology must be processes or inprocess, got %q", f.Topology)
+	}
+	if p.processes && runtime.GOOS != "linux" {
+		return nil, &UsageError{Err: fmt.Errorf("%w; use --topology inprocess", errNoProc)}
+	}
+	for _, r := range strings.Split(f.CeilingReplicas, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(r))
+		if err != nil || n < 1 || n > 5 {
+			return nil, badFlags("--ceiling-replicas must be replica counts from 1 to 5, such as 1,3; got %q", f.CeilingReplicas)
+		}
+		p.replicas = append(p.replicas, n)
 	}
 	for _, s := range strings.Split(f.Sizes, ",") {
 		n, err := parseSize(s)
@@ -215,6 +280,9 @@ func (f *Options) plan() (*benchPlan, error) {
 		p.durabilities = []string{"server"}
 		if slices.Contains(p.modes, "backlog") {
 			return nil, badFlags("the backlog mode needs the embedded server: its worker process uses the default stream names, which a shared server may be using")
+		}
+		if slices.Contains(p.modes, "ceiling") {
+			return nil, badFlags("the ceiling mode starts its own servers (R1 and a cluster); it does not use --nats-url")
 		}
 	}
 	var errs []error
@@ -248,6 +316,21 @@ func (f *Options) plan() (*benchPlan, error) {
 		if _, err := findSMTPSink(); err != nil {
 			errs = append(errs, &UsageError{Err: err})
 		}
+	}
+	switch f.Postfix {
+	case "auto", "require":
+		if _, err := findPostfixTool("smtp-source"); err != nil {
+			p.postfixWhy = err.Error()
+			if f.Postfix == "require" {
+				errs = append(errs, &UsageError{Err: fmt.Errorf("--postfix require: %w", err)})
+			}
+		} else {
+			p.postfix = true
+		}
+	case "off":
+		p.postfixWhy = "--postfix off"
+	default:
+		errs = append(errs, badFlags("--postfix must be auto, off or require, got %q", f.Postfix))
 	}
 	return p, errors.Join(errs...)
 }
@@ -283,6 +366,7 @@ type benchReport struct {
 	Throughput []throughputRow `json:"throughput,omitempty"`
 	Latency    []latencyRow    `json:"latency,omitempty"`
 	Backlog    []backlogRow    `json:"backlog,omitempty"`
+	Ceiling    []ceilingRow    `json:"ceiling,omitempty"`
 	Notes      []string        `json:"notes,omitempty"`
 	Problems   []string        `json:"problems,omitempty"`
 }
@@ -296,6 +380,7 @@ type benchMachine struct {
 }
 
 type benchSettings struct {
+	Topology    string  `json:"topology"`
 	Sink        string  `json:"sink"`
 	NATS        string  `json:"nats"`
 	Messages    int     `json:"messages"`
@@ -323,14 +408,22 @@ func Run(ctx context.Context, opts Options, out, log io.Writer) error {
 		Command: f.Command,
 		Machine: benchMachine{GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, CPUs: runtime.NumCPU(),
 			GoVersion: runtime.Version(), Time: time.Now().UTC().Format(time.RFC3339)},
-		Settings: benchSettings{Sink: f.Sink, NATS: "embedded", Messages: f.Messages, Backlog: f.Backlog, Runs: f.Runs,
+		Settings: benchSettings{Topology: "processes", Sink: f.Sink, NATS: "embedded", Messages: f.Messages, Backlog: f.Backlog, Runs: f.Runs,
 			Concurrency: f.Concurrency, PoolSize: f.PoolSize, Prefetch: p.prefetch, Workers: f.Workers,
 			Rate: f.Rate, Duration: f.Duration.String()},
 	}
 	if f.NATSURL != "" {
 		rep.Settings.NATS = config.RedactURLs(f.NATSURL)
 	}
+	if !p.processes {
+		rep.Settings.Topology = "inprocess"
+	} else {
+		rep.Settings.NATS = "jetmail server process"
+	}
 	b := &bencher{f: f, plan: p, log: log, report: rep}
+	if !p.postfix && slices.Contains(p.modes, "throughput") {
+		b.note("no smtp-source and no Postfix relay figures: %s", p.postfixWhy)
+	}
 	if f.CPUProfile != "" {
 		b.profile = &profileOnce{path: f.CPUProfile}
 		defer b.profile.stop()
@@ -349,6 +442,8 @@ func Run(ctx context.Context, opts Options, out, log io.Writer) error {
 					err = b.latency(ctx, size, dur)
 				case "backlog":
 					err = b.backlogMode(ctx, size, dur)
+				case "ceiling":
+					err = b.ceilingMode(ctx, size, dur)
 				}
 				if err != nil {
 					if ctx.Err() != nil {
@@ -424,7 +519,8 @@ type bencher struct {
 	report  *benchReport
 	profile *profileOnce
 
-	messages map[int]*benchMessage // by size
+	messages     map[int]*benchMessage // by size
+	relaySkipped bool                  // the note saying why is made
 }
 
 func (b *bencher) logf(format string, args ...any) {
@@ -434,6 +530,9 @@ func (b *bencher) logf(format string, args ...any) {
 // note records an observation that does not invalidate the figures.
 func (b *bencher) note(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	if slices.Contains(b.report.Notes, msg) { // the same in every run
+		return
+	}
 	b.report.Notes = append(b.report.Notes, msg)
 	b.logf("note: %s", msg)
 }
@@ -454,7 +553,9 @@ type latencyStats struct {
 	Max float64 `json:"max"`
 }
 
-// phaseStats is one timed phase.
+// phaseStats is one timed phase. CPUSeconds and CPUPer1000 (seconds per
+// 1,000 messages, the same number as ms per message) are the sum over the
+// processes measured; PeakRSSMiB is the bench process's.
 type phaseStats struct {
 	Messages   int           `json:"messages"`
 	Seconds    float64       `json:"seconds"`
@@ -464,12 +565,54 @@ type phaseStats struct {
 	PeakRSSMiB float64       `json:"peak_rss_mib"`
 	SinkCount  int64         `json:"sink_count"`
 	Latency    *latencyStats `json:"latency_ms,omitempty"`
+	Processes  []procStats   `json:"processes,omitempty"`
+	// OtherCores is the CPU other processes used during the phase, in
+	// cores: a busy machine makes every figure slower. IRQCores is the
+	// kernel's interrupt handling (loopback packets among it), StealCores
+	// the CPU the hypervisor gave to other machines.
+	OtherCores float64 `json:"other_cores"`
+	IRQCores   float64 `json:"irq_cores"`
+	StealCores float64 `json:"steal_cores"`
+}
+
+// machineCell is "other processes / interrupts / steal", in cores.
+func (p *phaseStats) machineCell() string {
+	return fmt.Sprintf("%.2f / %.2f / %.2f", p.OtherCores, p.IRQCores, p.StealCores)
+}
+
+// proc returns the stats of the process named name.
+func (p *phaseStats) proc(name string) (procStats, bool) {
+	for _, ps := range p.Processes {
+		if ps.Name == name {
+			return ps, true
+		}
+	}
+	return procStats{}, false
+}
+
+// roleCPU is the CPU ms per message of the processes of a role, summed.
+func (p *phaseStats) roleCPU(role string) (float64, bool) {
+	var v float64
+	var ok bool
+	for _, ps := range p.Processes {
+		if ps.Role == role {
+			v += ps.CPUMsPerMsg
+			ok = true
+		}
+	}
+	return v, ok
 }
 
 type throughputRun struct {
 	Direct   phaseStats `json:"direct"`
 	EndToEnd phaseStats `json:"end_to_end"`
 	Ratio    float64    `json:"ratio"` // end-to-end rate / direct rate
+	// SMTPSource is Postfix's smtp-source into the same sink.
+	SMTPSource      *phaseStats `json:"smtp_source,omitempty"`
+	RatioSMTPSource float64     `json:"ratio_smtp_source,omitempty"` // end-to-end / smtp-source
+	// Relay is a Postfix relay fed by smtp-source, delivering to the sink.
+	Relay      *phaseStats `json:"postfix_relay,omitempty"`
+	RatioRelay float64     `json:"ratio_postfix_relay,omitempty"` // end-to-end / relay
 }
 
 type throughputRow struct {
@@ -488,6 +631,8 @@ type latencyRun struct {
 	CPUPer1000  float64      `json:"cpu_s_per_1000"`
 	PeakRSSMiB  float64      `json:"peak_rss_mib"`
 	SinkCount   int64        `json:"sink_count"`
+	Processes   []procStats  `json:"processes,omitempty"`
+	Machine     phaseStats   `json:"machine"` // OtherCores, IRQCores, StealCores
 }
 
 type latencyRow struct {
@@ -499,13 +644,14 @@ type latencyRow struct {
 }
 
 type backlogRun struct {
-	Messages         int     `json:"messages"`
-	PublishRate      float64 `json:"publish_msgs_per_s"`
-	DrainSeconds     float64 `json:"drain_seconds"`
-	DrainRate        float64 `json:"drain_msgs_per_s"`
-	WorkerPeakRSSMiB float64 `json:"worker_peak_rss_mib"`
-	WorkerCPUPer1000 float64 `json:"worker_cpu_s_per_1000"`
-	SinkCount        int64   `json:"sink_count"`
+	Messages         int         `json:"messages"`
+	PublishRate      float64     `json:"publish_msgs_per_s"`
+	DrainSeconds     float64     `json:"drain_seconds"`
+	DrainRate        float64     `json:"drain_msgs_per_s"`
+	WorkerPeakRSSMiB float64     `json:"worker_peak_rss_mib"`
+	WorkerCPUPer1000 float64     `json:"worker_cpu_s_per_1000"`
+	SinkCount        int64       `json:"sink_count"`
+	Processes        []procStats `json:"processes,omitempty"`
 }
 
 type backlogRow struct {
@@ -542,6 +688,9 @@ func medianPhase(runs []phaseStats) phaseStats {
 		CPUPer1000: median(runs, func(p phaseStats) float64 { return p.CPUPer1000 }),
 		PeakRSSMiB: median(runs, func(p phaseStats) float64 { return p.PeakRSSMiB }),
 		SinkCount:  int64(median(runs, func(p phaseStats) float64 { return float64(p.SinkCount) })),
+		OtherCores: median(runs, func(p phaseStats) float64 { return p.OtherCores }),
+		IRQCores:   median(runs, func(p phaseStats) float64 { return p.IRQCores }),
+		StealCores: median(runs, func(p phaseStats) float64 { return p.StealCores }),
 	}
 	if len(runs) > 0 && runs[0].Latency != nil {
 		m.Latency = &latencyStats{
@@ -551,7 +700,46 @@ func medianPhase(runs []phaseStats) phaseStats {
 			Max: median(runs, func(p phaseStats) float64 { return p.Latency.Max }),
 		}
 	}
+	m.Processes = medianProcs(runs)
 	return m
+}
+
+// medianProcs is the median of each process's figures over the runs, for
+// the processes of the first run.
+func medianProcs(runs []phaseStats) []procStats {
+	if len(runs) == 0 {
+		return nil
+	}
+	var out []procStats
+	for _, first := range runs[0].Processes {
+		var same []procStats
+		for _, r := range runs {
+			if ps, ok := r.proc(first.Name); ok {
+				same = append(same, ps)
+			}
+		}
+		out = append(out, procStats{Name: first.Name, Role: first.Role,
+			CPUSeconds:  median(same, func(p procStats) float64 { return p.CPUSeconds }),
+			CPUMsPerMsg: median(same, func(p procStats) float64 { return p.CPUMsPerMsg }),
+			PeakRSSMiB:  median(same, func(p procStats) float64 { return p.PeakRSSMiB })})
+	}
+	return out
+}
+
+// medianOptional is the median of an optional phase over the runs that
+// have it, or nil.
+func medianOptional[T any](runs []T, f func(T) *phaseStats) *phaseStats {
+	var ps []phaseStats
+	for _, r := range runs {
+		if p := f(r); p != nil {
+			ps = append(ps, *p)
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	m := medianPhase(ps)
+	return &m
 }
 
 // percentiles computes the latency statistics of ns (sorted in place).
@@ -604,27 +792,6 @@ func peakRSSMiB(pid string) float64 {
 		}
 	}
 	return 0
-}
-
-// meter measures wall time, CPU time and the peak RSS of this process over
-// a phase.
-type meter struct {
-	start time.Time
-	cpu   time.Duration
-}
-
-func startMeter() meter {
-	resetPeakRSS()
-	return meter{cpu: cpuTime(), start: time.Now()}
-}
-
-// stats fills the time, rate, CPU and RSS of a phase that handled n
-// messages and ended at end.
-func (m meter) stats(n int, end time.Time) phaseStats {
-	secs := end.Sub(m.start).Seconds()
-	cpu := (cpuTime() - m.cpu).Seconds()
-	return phaseStats{Messages: n, Seconds: secs, Rate: float64(n) / secs, CPUSeconds: cpu,
-		CPUPer1000: cpu / float64(n) * 1000, PeakRSSMiB: peakRSSMiB("self")}
 }
 
 // ---- the messages ----
@@ -742,16 +909,19 @@ type benchServer struct {
 	url     string
 	names   schema.Names
 	cleanup func()
+	nodes   []*serverProc // the server processes (process topology)
 }
 
-// startServer starts an embedded JetStream server in a temporary folder,
-// or, with --nats-url, uses that server with stream and subject names of
-// its own (deleted afterwards).
-func (b *bencher) startServer(durability string) (*benchServer, error) {
+// startServer starts a JetStream server in a temporary folder: a
+// `jetmail server` process, or (inprocess) an embedded one; or, with
+// --nats-url, uses that server with stream and subject names of its own
+// (deleted afterwards).
+func (b *bencher) startServer(ctx context.Context, durability string) (*benchServer, error) {
 	if b.f.NATSURL != "" {
 		tag := strings.ToUpper(runTag())
 		names := schema.Names{Prefix: "jmbench" + strings.ToLower(tag), RequestStream: "JMBENCH_" + tag + "_REQUESTS",
-			ResultStream: "JMBENCH_" + tag + "_RESULTS", DeadStream: "JMBENCH_" + tag + "_DEAD", Consumer: "jmbench-" + tag}
+			ResultStream: "JMBENCH_" + tag + "_RESULTS", DeadStream: "JMBENCH_" + tag + "_DEAD", Consumer: "jmbench-" + tag,
+			CancelBucket: "JMBENCH_" + tag + "_CANCELLED", Suppressions: "JMBENCH_" + tag + "_SUPPRESSIONS"}
 		return &benchServer{url: b.f.NATSURL, names: names, cleanup: func() {
 			nc, err := nats.Connect(b.f.NATSURL)
 			if err != nil {
@@ -767,7 +937,17 @@ func (b *bencher) startServer(durability string) (*benchServer, error) {
 			for _, s := range []string{names.RequestStream, names.ResultStream, names.DeadStream} {
 				_ = js.DeleteStream(ctx, s)
 			}
+			for _, kv := range []string{names.CancelBucket, names.Suppressions} {
+				_ = js.DeleteKeyValue(ctx, kv)
+			}
 		}}, nil
+	}
+	if b.plan.processes {
+		nodes, cleanup, err := b.startServerProcs(ctx, durability, 1)
+		if err != nil {
+			return nil, err
+		}
+		return &benchServer{url: nodes[0].url, names: schema.DefaultNames(), cleanup: cleanup, nodes: nodes}, nil
 	}
 	dir, err := os.MkdirTemp("", "jetmail-bench-")
 	if err != nil {
@@ -788,6 +968,15 @@ func (b *bencher) startServer(durability string) (*benchServer, error) {
 	}}, nil
 }
 
+// measured returns the server processes to measure (none in process).
+func (s *benchServer) measured() []*measured {
+	var out []*measured
+	for _, n := range s.nodes {
+		out = append(out, measureChild("server", n.child))
+	}
+	return out
+}
+
 // onTmpfs reports whether dir is on a RAM file system.
 func onTmpfs(dir string) bool {
 	var st syscall.Statfs_t
@@ -799,15 +988,34 @@ func onTmpfs(dir string) bool {
 // benchSink is an SMTP server that accepts and counts every message.
 type benchSink interface {
 	URL() string
+	Addr() string
 	Messages() int64
 	Close()
 }
 
+// startSink starts the sink of a run: a `jetmail sink` process (or, in
+// process, package smtpsink's server), or Postfix's smtp-sink.
 func (b *bencher) startSink() (benchSink, error) {
 	if b.f.Sink == "postfix" {
 		return startPostfixSink()
 	}
+	if b.plan.processes {
+		bin, err := b.binary()
+		if err != nil {
+			return nil, err
+		}
+		return startSinkProc(bin)
+	}
 	return smtpsink.Start("127.0.0.1:0")
+}
+
+// sinkMeasured returns the sink's process to measure, or nil when it runs
+// in this process.
+func sinkMeasured(s benchSink) *measured {
+	if p, ok := s.(interface{ measured() *measured }); ok {
+		return p.measured()
+	}
+	return nil
 }
 
 // awaitSinkCount waits briefly for the sink to count want messages (the
@@ -819,103 +1027,6 @@ func awaitSinkCount(s benchSink, want int64) int64 {
 	}
 	time.Sleep(20 * time.Millisecond) // let a surplus show
 	return s.Messages()
-}
-
-// findSMTPSink finds Postfix's smtp-sink in PATH or /usr/sbin.
-func findSMTPSink() (string, error) {
-	if p, err := exec.LookPath("smtp-sink"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/smtp-sink", "/usr/local/sbin/smtp-sink"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("--sink postfix: smtp-sink is not in PATH or /usr/sbin (apt-get install postfix brings it)")
-}
-
-// postfixSink is Postfix's smtp-sink in a child process; its -c counter
-// (sess=… quit=… mesg=…, on stdout) gives the messages received.
-type postfixSink struct {
-	cmd   *exec.Cmd
-	addr  string
-	count atomic.Int64
-	done  chan struct{}
-}
-
-var mesgCounter = regexp.MustCompile(`mesg=(\d+)`)
-
-func startPostfixSink() (*postfixSink, error) {
-	path, err := findSMTPSink()
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	args := []string{"-c"}
-	if os.Geteuid() == 0 {
-		args = append(args, "-u", "nobody") // smtp-sink refuses to run as root
-	}
-	args = append(args, addr, "1024")
-	s := &postfixSink{cmd: exec.Command(path, args...), addr: addr, done: make(chan struct{})}
-	out, err := s.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	var stderr bytes.Buffer
-	s.cmd.Stderr = &stderr
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start smtp-sink: %w", err)
-	}
-	go func() {
-		defer close(s.done)
-		buf := make([]byte, 4096)
-		var line []byte
-		for {
-			n, err := out.Read(buf)
-			for _, c := range buf[:n] {
-				if c == '\r' || c == '\n' {
-					if m := mesgCounter.FindSubmatch(line); m != nil {
-						if v, err := strconv.ParseInt(string(m[1]), 10, 64); err == nil {
-							s.count.Store(v)
-						}
-					}
-					line = line[:0]
-					continue
-				}
-				line = append(line, c)
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return s, nil
-		}
-		if time.Now().After(deadline) {
-			s.Close()
-			return nil, fmt.Errorf("smtp-sink does not listen on %s: %v %s", addr, err, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (s *postfixSink) URL() string     { return "smtp://" + s.addr + "?tls=none" }
-func (s *postfixSink) Messages() int64 { return s.count.Load() }
-func (s *postfixSink) Close() {
-	if s.cmd.Process != nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
 }
 
 // ---- workers, publisher and results ----
@@ -931,9 +1042,27 @@ func (b *bencher) workerConfig(names schema.Names, smtpURL string) worker.Config
 	}
 }
 
-// startWorkers runs --workers workers in this process, each with its own
-// NATS connection, and returns once all are consuming.
-func (b *bencher) startWorkers(ctx context.Context, srv *benchServer, smtpURL string) (stop func(), err error) {
+// startWorkers runs --workers workers, each with its own NATS connection,
+// and returns once all are consuming: `jetmail worker` processes (whose
+// CPU and memory the phases measure), or, in process, workers in this
+// process.
+func (b *bencher) startWorkers(ctx context.Context, srv *benchServer, smtpURL string) (stop func(), procs []*measured, err error) {
+	if b.plan.processes {
+		children, stop, err := b.startWorkerProcs(ctx, srv, smtpURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, c := range children {
+			procs = append(procs, measureChild("worker", c))
+		}
+		return stop, procs, nil
+	}
+	stop, err = b.startInProcessWorkers(ctx, srv, smtpURL)
+	return stop, nil, err
+}
+
+// startInProcessWorkers runs --workers workers in this process.
+func (b *bencher) startInProcessWorkers(ctx context.Context, srv *benchServer, smtpURL string) (stop func(), err error) {
 	var stops []func()
 	var once sync.Once
 	stop = func() { // idempotent
@@ -1230,7 +1359,7 @@ func (b *bencher) message(size benchSize) (*benchMessage, error) {
 	return m, nil
 }
 
-// throughput measures direct and end-to-end rates --runs times.
+// throughput measures the phases of a throughput run --runs times.
 func (b *bencher) throughput(ctx context.Context, size benchSize, durability string) error {
 	msg, err := b.message(size)
 	if err != nil {
@@ -1239,26 +1368,78 @@ func (b *bencher) throughput(ctx context.Context, size benchSize, durability str
 	row := throughputRow{Size: size.Name, WireBytes: msg.wireBytes, Durability: durability}
 	n := b.f.Messages
 	for run := 1; run <= b.f.Runs; run++ {
-		direct, err := b.direct(ctx, msg, n)
+		r, err := b.throughputRun(ctx, msg, n, durability)
 		if err != nil {
-			return fmt.Errorf("direct: %w", err)
+			return err
 		}
-		e2e, err := b.endToEnd(ctx, msg, n, durability)
-		if err != nil {
-			return fmt.Errorf("end-to-end: %w", err)
-		}
-		r := throughputRun{Direct: direct, EndToEnd: e2e, Ratio: e2e.Rate / direct.Rate}
 		row.Runs = append(row.Runs, r)
-		b.logf("throughput %s %s run %d/%d: direct %s msg/s, end-to-end %s msg/s (%.0f %%), p99 %.0f ms",
-			size.Name, durability, run, b.f.Runs, thousands(direct.Rate), thousands(e2e.Rate), 100*r.Ratio, e2e.Latency.P99)
+		line := fmt.Sprintf("throughput %s %s run %d/%d: direct %s msg/s", size.Name, durability, run, b.f.Runs, thousands(r.Direct.Rate))
+		if r.SMTPSource != nil {
+			line += fmt.Sprintf(", smtp-source %s msg/s", thousands(r.SMTPSource.Rate))
+		}
+		line += fmt.Sprintf(", end-to-end %s msg/s (%.0f %% of direct), p99 %.0f ms", thousands(r.EndToEnd.Rate), 100*r.Ratio, r.EndToEnd.Latency.P99)
+		if r.Relay != nil {
+			line += fmt.Sprintf(", Postfix relay %s msg/s", thousands(r.Relay.Rate))
+		}
+		b.logf("%s", line)
 	}
 	row.Median = throughputRun{
-		Direct:   medianPhase(collect(row.Runs, func(r throughputRun) phaseStats { return r.Direct })),
-		EndToEnd: medianPhase(collect(row.Runs, func(r throughputRun) phaseStats { return r.EndToEnd })),
-		Ratio:    median(row.Runs, func(r throughputRun) float64 { return r.Ratio }),
+		Direct:          medianPhase(collect(row.Runs, func(r throughputRun) phaseStats { return r.Direct })),
+		EndToEnd:        medianPhase(collect(row.Runs, func(r throughputRun) phaseStats { return r.EndToEnd })),
+		Ratio:           median(row.Runs, func(r throughputRun) float64 { return r.Ratio }),
+		SMTPSource:      medianOptional(row.Runs, func(r throughputRun) *phaseStats { return r.SMTPSource }),
+		RatioSMTPSource: medianWhere(row.Runs, func(r throughputRun) (float64, bool) { return r.RatioSMTPSource, r.SMTPSource != nil }),
+		Relay:           medianOptional(row.Runs, func(r throughputRun) *phaseStats { return r.Relay }),
+		RatioRelay:      medianWhere(row.Runs, func(r throughputRun) (float64, bool) { return r.RatioRelay, r.Relay != nil }),
 	}
 	b.report.Throughput = append(b.report.Throughput, row)
 	return nil
+}
+
+// medianWhere is the median of f over the runs for which it reports ok.
+func medianWhere[T any](runs []T, f func(T) (float64, bool)) float64 {
+	var v []float64
+	for _, r := range runs {
+		if x, ok := f(r); ok {
+			v = append(v, x)
+		}
+	}
+	return median(v, func(x float64) float64 { return x })
+}
+
+// throughputRun is one run: direct, smtp-source, end-to-end and the
+// Postfix relay, into one sink.
+func (b *bencher) throughputRun(ctx context.Context, msg *benchMessage, n int, durability string) (throughputRun, error) {
+	var r throughputRun
+	sink, err := b.startSink()
+	if err != nil {
+		return r, err
+	}
+	defer sink.Close()
+	if r.Direct, err = b.direct(ctx, msg, n, sink); err != nil {
+		return r, fmt.Errorf("direct: %w", err)
+	}
+	if b.plan.postfix {
+		if r.SMTPSource, err = b.smtpSource(ctx, sink, msg, n); err != nil {
+			return r, fmt.Errorf("smtp-source: %w", err)
+		}
+	}
+	if r.EndToEnd, err = b.endToEnd(ctx, msg, n, durability, sink); err != nil {
+		return r, fmt.Errorf("end-to-end: %w", err)
+	}
+	if durability == "always" && b.plan.postfix {
+		if r.Relay, err = b.relay(ctx, sink, msg, n); err != nil {
+			return r, fmt.Errorf("Postfix relay: %w", err)
+		}
+	}
+	r.Ratio = r.EndToEnd.Rate / r.Direct.Rate
+	if r.SMTPSource != nil {
+		r.RatioSMTPSource = r.EndToEnd.Rate / r.SMTPSource.Rate
+	}
+	if r.Relay != nil {
+		r.RatioRelay = r.EndToEnd.Rate / r.Relay.Rate
+	}
+	return r, nil
 }
 
 func collect[T, U any](in []T, f func(T) U) []U {
@@ -1269,15 +1450,10 @@ func collect[T, U any](in []T, f func(T) U) []U {
 	return out
 }
 
-// direct builds n messages and sends them straight to a sink with
-// jetmail's SMTP transport: --workers transports, each with --pool-size
-// sessions and --concurrency goroutines, as the workers have.
-func (b *bencher) direct(ctx context.Context, msg *benchMessage, n int) (phaseStats, error) {
-	sink, err := b.startSink()
-	if err != nil {
-		return phaseStats{}, err
-	}
-	defer sink.Close()
+// direct builds n messages and sends them straight to sink with jetmail's
+// SMTP transport, from this process: --workers transports, each with
+// --pool-size sessions and --concurrency goroutines, as the workers have.
+func (b *bencher) direct(ctx context.Context, msg *benchMessage, n int, sink benchSink) (phaseStats, error) {
 	prefix := idPrefix(runTag())
 	var transports []*worker.SMTPTransport
 	defer func() {
@@ -1297,7 +1473,8 @@ func (b *bencher) direct(ctx context.Context, msg *benchMessage, n int) (phaseSt
 	var next, failures atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	m := startMeter()
+	base := sink.Messages()
+	m := startMeter(sinkMeasured(sink), measureSelf())
 	for _, t := range transports {
 		for range b.f.Concurrency {
 			wg.Go(func() {
@@ -1329,25 +1506,28 @@ func (b *bencher) direct(ctx context.Context, msg *benchMessage, n int) (phaseSt
 	if f := failures.Load(); f > 0 {
 		b.problem("direct: %d sends failed; the first: %v", f, firstErr.Load())
 	}
-	st.SinkCount = awaitSinkCount(sink, int64(n))
+	st.SinkCount = awaitSinkCount(sink, base+int64(n)) - base
 	b.check("direct", n, st.SinkCount, nil)
 	return st, nil
 }
 
-// endToEnd publishes n requests while the workers deliver them and waits
-// for every final result.
-func (b *bencher) endToEnd(ctx context.Context, msg *benchMessage, n int, durability string) (phaseStats, error) {
-	srv, err := b.startServer(durability)
+// phaseProcs lists the processes a phase with a server, workers and a sink
+// measures: in process only this one.
+func phaseProcs(srv *benchServer, workers []*measured, sink benchSink) []*measured {
+	procs := srv.measured()
+	procs = append(procs, workers...)
+	return append(procs, sinkMeasured(sink), measureSelf())
+}
+
+// endToEnd publishes n requests while the workers deliver them to sink
+// and waits for every final result.
+func (b *bencher) endToEnd(ctx context.Context, msg *benchMessage, n int, durability string, sink benchSink) (phaseStats, error) {
+	srv, err := b.startServer(ctx, durability)
 	if err != nil {
 		return phaseStats{}, err
 	}
 	defer srv.cleanup()
-	sink, err := b.startSink()
-	if err != nil {
-		return phaseStats{}, err
-	}
-	defer sink.Close()
-	stopWorkers, err := b.startWorkers(ctx, srv, sink.URL())
+	stopWorkers, workers, err := b.startWorkers(ctx, srv, sink.URL())
 	if err != nil {
 		return phaseStats{}, err
 	}
@@ -1364,8 +1544,9 @@ func (b *bencher) endToEnd(ctx context.Context, msg *benchMessage, n int, durabi
 	}
 	defer tr.close()
 
+	base := sink.Messages()
 	b.profile.start()
-	m := startMeter()
+	m := startMeter(phaseProcs(srv, workers, sink)...)
 	for i := range n {
 		tr.published[i].Store(time.Now().UnixNano())
 		if err := pub.publish(i); err != nil {
@@ -1383,7 +1564,7 @@ func (b *bencher) endToEnd(ctx context.Context, msg *benchMessage, n int, durabi
 	lat := percentiles(tr.latencies())
 	st.Latency = &lat
 	stopWorkers()
-	st.SinkCount = awaitSinkCount(sink, int64(n))
+	st.SinkCount = awaitSinkCount(sink, base+int64(n)) - base
 	b.check("end-to-end", n, st.SinkCount, tr)
 	return st, nil
 }
@@ -1417,6 +1598,10 @@ func (b *bencher) latency(ctx context.Context, size benchSize, durability string
 		CPUPer1000: median(row.Runs, func(r latencyRun) float64 { return r.CPUPer1000 }),
 		PeakRSSMiB: median(row.Runs, func(r latencyRun) float64 { return r.PeakRSSMiB }),
 		SinkCount:  int64(median(row.Runs, func(r latencyRun) float64 { return float64(r.SinkCount) })),
+		Processes:  medianProcs(collect(row.Runs, func(r latencyRun) phaseStats { return phaseStats{Processes: r.Processes} })),
+		Machine: phaseStats{OtherCores: median(row.Runs, func(r latencyRun) float64 { return r.Machine.OtherCores }),
+			IRQCores:   median(row.Runs, func(r latencyRun) float64 { return r.Machine.IRQCores }),
+			StealCores: median(row.Runs, func(r latencyRun) float64 { return r.Machine.StealCores })},
 	}
 	b.report.Latency = append(b.report.Latency, row)
 	return nil
@@ -1424,7 +1609,7 @@ func (b *bencher) latency(ctx context.Context, size benchSize, durability string
 
 func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability string) (latencyRun, error) {
 	n := max(1, int(b.f.Rate*b.f.Duration.Seconds()))
-	srv, err := b.startServer(durability)
+	srv, err := b.startServer(ctx, durability)
 	if err != nil {
 		return latencyRun{}, err
 	}
@@ -1434,7 +1619,7 @@ func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability 
 		return latencyRun{}, err
 	}
 	defer sink.Close()
-	stopWorkers, err := b.startWorkers(ctx, srv, sink.URL())
+	stopWorkers, workers, err := b.startWorkers(ctx, srv, sink.URL())
 	if err != nil {
 		return latencyRun{}, err
 	}
@@ -1452,13 +1637,17 @@ func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability 
 	defer tr.close()
 
 	b.profile.start()
-	m := startMeter()
+	m := startMeter(phaseProcs(srv, workers, sink)...)
 	interval := float64(time.Second) / b.f.Rate
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
 	for i := range n {
 		due := m.start.Add(time.Duration(float64(i) * interval))
 		if d := time.Until(due); d > 0 {
+			timer.Reset(d)
 			select {
-			case <-time.After(d):
+			case <-timer.C:
 			case <-ctx.Done():
 				return latencyRun{}, ctx.Err()
 			}
@@ -1479,7 +1668,8 @@ func (b *bencher) latencyRun(ctx context.Context, msg *benchMessage, durability 
 	b.profile.stop()
 	stopWorkers()
 	r := latencyRun{TargetRate: b.f.Rate, PublishRate: float64(n) / publishSecs, Messages: n,
-		Latency: percentiles(tr.latencies()), CPUPer1000: st.CPUPer1000, PeakRSSMiB: st.PeakRSSMiB}
+		Latency: percentiles(tr.latencies()), CPUPer1000: st.CPUPer1000, PeakRSSMiB: st.PeakRSSMiB, Processes: st.Processes,
+		Machine: phaseStats{OtherCores: st.OtherCores, IRQCores: st.IRQCores, StealCores: st.StealCores}}
 	r.SinkCount = awaitSinkCount(sink, int64(n))
 	b.check("latency", n, r.SinkCount, tr)
 	return r, nil
@@ -1514,13 +1704,18 @@ func (b *bencher) backlogMode(ctx context.Context, size benchSize, durability st
 		WorkerPeakRSSMiB: median(row.Runs, func(r backlogRun) float64 { return r.WorkerPeakRSSMiB }),
 		WorkerCPUPer1000: median(row.Runs, func(r backlogRun) float64 { return r.WorkerCPUPer1000 }),
 		SinkCount:        int64(median(row.Runs, func(r backlogRun) float64 { return float64(r.SinkCount) })),
+		Processes:        medianProcs(collect(row.Runs, func(r backlogRun) phaseStats { return phaseStats{Processes: r.Processes} })),
 	}
 	b.report.Backlog = append(b.report.Backlog, row)
 	return nil
 }
 
 func (b *bencher) backlogRun(ctx context.Context, msg *benchMessage, n int, durability string) (backlogRun, error) {
-	srv, err := b.startServer(durability)
+	bin, err := b.binary()
+	if err != nil {
+		return backlogRun{}, err
+	}
+	srv, err := b.startServer(ctx, durability)
 	if err != nil {
 		return backlogRun{}, err
 	}
@@ -1532,7 +1727,7 @@ func (b *bencher) backlogRun(ctx context.Context, msg *benchMessage, n int, dura
 	defer sink.Close()
 	// A worker creates the streams and the consumer, as the worker
 	// processes will find them, and stops before anything is published.
-	stop, err := b.startWorkers(ctx, srv, sink.URL())
+	stop, _, err := b.startWorkers(ctx, srv, sink.URL())
 	if err != nil {
 		return backlogRun{}, err
 	}
@@ -1559,84 +1754,50 @@ func (b *bencher) backlogRun(ctx context.Context, msg *benchMessage, n int, dura
 		return backlogRun{}, err
 	}
 	defer tr.close()
-	bin := b.f.WorkerBinary
-	if bin == "" {
-		if bin, err = os.Executable(); err != nil {
-			return backlogRun{}, err
-		}
-	}
-	args := []string{"worker", "--nats-url", srv.url, "--smtp-url", sink.URL(), "--http-addr", "127.0.0.1:0",
-		"--concurrency", strconv.Itoa(b.f.Concurrency), "--smtp-pool-size", strconv.Itoa(b.f.PoolSize),
-		"--prefetch", strconv.Itoa(b.plan.prefetch), "--grace-period", "10s", "--log-level", "warn"}
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "JETMAIL_") { // the bench's settings, not the user's
-			env = append(env, kv)
-		}
-	}
-	type proc struct {
-		cmd    *exec.Cmd
-		stderr *bytes.Buffer
-		done   chan struct{}
-	}
-	var procs []*proc
+	var procs []*child
 	defer func() {
 		for _, p := range procs {
-			_ = p.cmd.Process.Kill()
-			<-p.done
+			p.kill()
 		}
 	}()
-	start = time.Now()
-	for range b.f.Workers {
-		p := &proc{cmd: exec.Command(bin, args...), stderr: &bytes.Buffer{}, done: make(chan struct{})}
-		p.cmd.Env = env
-		p.cmd.Stderr = &limitedWriter{w: p.stderr, n: 64 << 10}
-		if err := p.cmd.Start(); err != nil {
-			return backlogRun{}, fmt.Errorf("start worker process %s: %w", bin, err)
+	// The drain starts when the worker processes are started; their CPU
+	// and peak RSS are from their start.
+	m := startMeter(append(srv.measured(), sinkMeasured(sink), measureSelf())...)
+	for i := range b.f.Workers {
+		c, err := startChild(fmt.Sprintf("worker-%d", i+1), bin, b.workerArgs(srv.url, sink.URL()), nil, nil)
+		if err != nil {
+			return backlogRun{}, err
 		}
-		go func() { _ = p.cmd.Wait(); close(p.done) }()
-		procs = append(procs, p)
+		procs = append(procs, c)
+		m.add(measureChild("worker", c))
 	}
 	if err := tr.wait(ctx, b.f.Timeout); err != nil {
 		for _, p := range procs {
-			select {
-			case <-p.done:
-				err = fmt.Errorf("%w; a worker process exited: %v\n%s", err, p.cmd.ProcessState, p.stderr)
-			default:
+			if p.exited() {
+				err = fmt.Errorf("%w; %s", err, p.describe())
 			}
 		}
 		return backlogRun{}, err
 	}
-	r.DrainSeconds = tr.end.Sub(start).Seconds()
-	r.DrainRate = float64(n) / r.DrainSeconds
-	var cpu time.Duration
-	for _, p := range procs {
-		r.WorkerPeakRSSMiB = max(r.WorkerPeakRSSMiB, peakRSSMiB(strconv.Itoa(p.cmd.Process.Pid)))
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	for _, p := range procs {
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			b.problem("backlog: a worker process did not stop 30s after SIGTERM")
-		}
-		if ps := p.cmd.ProcessState; ps != nil {
-			cpu += ps.UserTime() + ps.SystemTime()
-			if !ps.Success() && ps.ExitCode() != -1 {
-				b.problem("backlog: worker process exited with %d: %s", ps.ExitCode(), p.stderr)
-			}
+	st := m.stats(n, tr.end)
+	r.DrainSeconds = st.Seconds
+	r.DrainRate = st.Rate
+	r.Processes = st.Processes
+	var cpu float64
+	for _, ps := range st.Processes {
+		if ps.Role == "worker" {
+			cpu += ps.CPUSeconds
+			r.WorkerPeakRSSMiB = max(r.WorkerPeakRSSMiB, ps.PeakRSSMiB)
 		}
 	}
+	r.WorkerCPUPer1000 = cpu / float64(n) * 1000
 	for _, p := range procs {
-		if s := strings.TrimSpace(p.stderr.String()); s != "" {
-			lines := strings.Split(s, "\n")
-			b.note("backlog: the worker process logged %d line(s) at warn or above; the first: %s", len(lines), lines[0])
+		if err := p.stop(30 * time.Second); err != nil {
+			b.problem("backlog: %v\n%s", err, p.logs.String())
 		}
+		b.noteWarnings(p)
 	}
 	procs = nil
-	r.WorkerCPUPer1000 = cpu.Seconds() / float64(n) * 1000
 	r.SinkCount = awaitSinkCount(sink, int64(n))
 	b.check("backlog", n, r.SinkCount, tr)
 	return r, nil
@@ -1744,35 +1905,55 @@ func runsList[T any](runs []T, f func(T) float64) string {
 
 func printBenchReport(w io.Writer, rep *benchReport) {
 	st := rep.Settings
-	fmt.Fprintf(w, "jetmail bench: %s %s/%s, %d CPUs; sink %s; NATS %s; %d worker(s) × concurrency %d, SMTP pool %d, prefetch %d; medians of %d run(s)\n",
-		rep.Machine.GoVersion, rep.Machine.GOOS, rep.Machine.GOARCH, rep.Machine.CPUs, st.Sink, st.NATS,
+	fmt.Fprintf(w, "jetmail bench: %s %s/%s, %d CPUs; topology %s; sink %s; NATS %s; %d worker(s) × concurrency %d, SMTP pool %d, prefetch %d; medians of %d run(s)\n",
+		rep.Machine.GoVersion, rep.Machine.GOOS, rep.Machine.GOARCH, rep.Machine.CPUs, st.Topology, st.Sink, st.NATS,
 		st.Workers, st.Concurrency, st.PoolSize, st.Prefetch, st.Runs)
+	processes := st.Topology == "processes"
 	if len(rep.Throughput) > 0 {
 		fmt.Fprintf(w, "\n### Throughput: %s messages per run\n\n", thousands(float64(st.Messages)))
-		var rows [][]string
-		for _, r := range rep.Throughput {
-			m := r.Median
-			rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability,
-				thousands(m.Direct.Rate), thousands(m.EndToEnd.Rate), fmt.Sprintf("%.0f %%", 100*m.Ratio),
-				ms(m.EndToEnd.Latency.P50), ms(m.EndToEnd.Latency.P90), ms(m.EndToEnd.Latency.P99),
-				fmt.Sprintf("%.3f", m.Direct.CPUPer1000), fmt.Sprintf("%.3f", m.EndToEnd.CPUPer1000),
-				fmt.Sprintf("%.0f", m.EndToEnd.PeakRSSMiB)})
+		if processes {
+			printThroughputProcesses(w, rep)
+		} else {
+			printThroughputInProcess(w, rep)
 		}
-		mdTable(w, []string{"size", "durability", "direct msg/s", "end-to-end msg/s", "ratio", "p50 ms", "p90 ms", "p99 ms",
-			"CPU s/1k direct", "CPU s/1k e2e", "peak RSS MiB"},
-			[]bool{false, false, true, true, true, true, true, true, true, true, true}, rows)
 		fmt.Fprintln(w)
 		for _, r := range rep.Throughput {
-			fmt.Fprintf(w, "- %s %s, per run: direct %s msg/s; end-to-end %s msg/s\n", r.Size, r.Durability,
-				runsList(r.Runs, func(t throughputRun) float64 { return t.Direct.Rate }),
-				runsList(r.Runs, func(t throughputRun) float64 { return t.EndToEnd.Rate }))
+			line := fmt.Sprintf("- %s %s, per run: direct %s msg/s", r.Size, r.Durability,
+				runsList(r.Runs, func(t throughputRun) float64 { return t.Direct.Rate }))
+			if r.Median.SMTPSource != nil {
+				line += "; smtp-source " + runsList(r.Runs, func(t throughputRun) float64 {
+					if t.SMTPSource == nil {
+						return 0
+					}
+					return t.SMTPSource.Rate
+				}) + " msg/s"
+			}
+			line += "; end-to-end " + runsList(r.Runs, func(t throughputRun) float64 { return t.EndToEnd.Rate }) + " msg/s"
+			if r.Median.Relay != nil {
+				line += "; Postfix relay " + runsList(r.Runs, func(t throughputRun) float64 {
+					if t.Relay == nil {
+						return 0
+					}
+					return t.Relay.Rate
+				}) + " msg/s"
+			}
+			fmt.Fprintln(w, line)
 		}
 		fmt.Fprintln(w, "\nLatency is publish → 200 result under full load (all messages published at once), so mostly queueing.")
-		fmt.Fprintln(w, "CPU and peak RSS are this whole process: publisher, JetStream server, worker(s) and sink.")
-		fmt.Fprintln(w, "Goals: end-to-end ≥ 50 % of direct; for small messages ≥ 3,500 msg/s (5× Postfix 3.7's ~700 msg/s relaying 2 KB) even with fsync:")
+		fmt.Fprintln(w, "\"others / irq / steal\" is the CPU, in cores, that other programs, the kernel's interrupt handling (loopback packets among it) and the hypervisor took meanwhile: with others or steal above a few tenths, the figures are low.")
+		if processes {
+			fmt.Fprintln(w, "CPU is per process, from /proc, over each phase; \"bench\" is the publisher and the result reader (and, direct, jetmail's SMTP transport).")
+			fmt.Fprintf(w, "smtp-source and the Postfix relay use %d SMTP session(s), as many as jetmail's pool; smtp-source adds about 130 bytes of headers.\n", st.Workers*st.PoolSize)
+		} else {
+			fmt.Fprintln(w, "CPU and peak RSS are this whole process: publisher, JetStream server, worker(s) and sink.")
+		}
+		fmt.Fprintln(w, "Goals: end-to-end ≥ 50 % of direct; for small messages ≥ 5× a Postfix relay (measured with durability always; else the reference of ~700 msg/s):")
 		for _, r := range rep.Throughput {
-			postfix := "(Postfix reference is for 2 KB messages)"
-			if r.WireBytes <= 4<<10 {
+			postfix := "(the Postfix reference is for 2 KB messages)"
+			switch {
+			case r.Median.Relay != nil:
+				postfix = fmt.Sprintf("= %.1f× the Postfix relay %s", r.Median.RatioRelay, verdict(r.Median.RatioRelay >= 5))
+			case r.WireBytes <= 4<<10:
 				postfix = verdict(r.Median.EndToEnd.Rate >= 3500)
 			}
 			fmt.Fprintf(w, "- %s %s: ratio %.0f %% %s; %s msg/s %s\n", r.Size, r.Durability,
@@ -1784,30 +1965,58 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		var rows [][]string
 		for _, r := range rep.Latency {
 			m := r.Median
-			rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability, thousands(m.PublishRate),
-				ms(m.Latency.P50), ms(m.Latency.P90), ms(m.Latency.P99), ms(m.Latency.Max),
-				fmt.Sprintf("%.3f", m.CPUPer1000), fmt.Sprintf("%.0f", m.PeakRSSMiB)})
+			row := []string{sizeLabel(r.Size, r.WireBytes), r.Durability, thousands(m.PublishRate),
+				ms(m.Latency.P50), ms(m.Latency.P90), ms(m.Latency.P99), ms(m.Latency.Max)}
+			if processes {
+				ps := phaseStats{Processes: m.Processes}
+				row = append(row, roleCell(&ps, "server"), roleCell(&ps, "worker"), roleCell(&ps, "sink"), roleCell(&ps, "bench"))
+			}
+			rows = append(rows, append(row, fmt.Sprintf("%.3f", m.CPUPer1000), fmt.Sprintf("%.0f", m.PeakRSSMiB),
+				m.Machine.machineCell()))
 		}
-		mdTable(w, []string{"size", "durability", "achieved msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU s/1k", "peak RSS MiB"},
-			[]bool{false, false, true, true, true, true, true, true, true}, rows)
+		head := []string{"size", "durability", "achieved msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms"}
+		if processes {
+			head = append(head, "server ms/msg", "worker ms/msg", "sink ms/msg", "bench ms/msg", "total ms/msg", "bench RSS MiB")
+		} else {
+			head = append(head, "CPU s/1k", "peak RSS MiB")
+		}
+		head = append(head, "others / irq / steal (cores)")
+		mdTable(w, head, rightAligned(len(head), 2), rows)
+		fmt.Fprintln(w, "\nGoal: p99 < 5 ms at 1,000 msg/s:")
+		for _, r := range rep.Latency {
+			fmt.Fprintf(w, "- %s %s at %s msg/s: p99 %s ms %s\n", r.Size, r.Durability, thousands(r.Median.PublishRate),
+				ms(r.Median.Latency.P99), verdict(r.Median.Latency.P99 < 5))
+		}
 	}
 	if len(rep.Backlog) > 0 {
 		fmt.Fprintf(w, "\n### Backlog: requests published with no worker, then drained by %d `jetmail worker` process(es)\n\n", st.Workers)
 		var rows [][]string
 		for _, r := range rep.Backlog {
 			m := r.Median
-			rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability, thousands(float64(m.Messages)),
+			row := []string{sizeLabel(r.Size, r.WireBytes), r.Durability, thousands(float64(m.Messages)),
 				thousands(m.PublishRate), thousands(m.DrainRate), fmt.Sprintf("%.1f", m.DrainSeconds),
-				fmt.Sprintf("%.3f", m.WorkerCPUPer1000), fmt.Sprintf("%.1f", m.WorkerPeakRSSMiB)})
+				fmt.Sprintf("%.3f", m.WorkerCPUPer1000), fmt.Sprintf("%.1f", m.WorkerPeakRSSMiB)}
+			if processes {
+				ps := phaseStats{Processes: m.Processes}
+				row = append(row, roleCell(&ps, "server"), roleCell(&ps, "sink"), roleCell(&ps, "bench"))
+			}
+			rows = append(rows, row)
 		}
-		mdTable(w, []string{"size", "durability", "messages", "publish msg/s", "drain msg/s", "drain s", "worker CPU s/1k", "worker peak RSS MiB"},
-			[]bool{false, false, true, true, true, true, true, true}, rows)
-		fmt.Fprintln(w, "\nThe drain starts when the worker process is started; CPU and RSS are the worker process's alone.")
+		head := []string{"size", "durability", "messages", "publish msg/s", "drain msg/s", "drain s", "worker CPU ms/msg", "worker peak RSS MiB"}
+		if processes {
+			head = append(head, "server ms/msg", "sink ms/msg", "bench ms/msg")
+		}
+		mdTable(w, head, rightAligned(len(head), 2), rows)
+		fmt.Fprintln(w, "\nThe drain starts when the worker process is started; its CPU and RSS are the worker process's alone, from its start.")
 		fmt.Fprintln(w, "Goal: worker peak RSS < 100 MiB:")
 		for _, r := range rep.Backlog {
 			fmt.Fprintf(w, "- %s %s: %.1f MiB %s\n", r.Size, r.Durability, r.Median.WorkerPeakRSSMiB, verdict(r.Median.WorkerPeakRSSMiB < 100))
 		}
 	}
+	if len(rep.Ceiling) > 0 {
+		printCeiling(w, rep)
+	}
+	printCapacity(w, rep)
 	if len(rep.Notes) > 0 {
 		fmt.Fprintln(w, "\nNotes:")
 		for _, n := range rep.Notes {
@@ -1821,6 +2030,206 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		}
 	}
 	fmt.Fprintf(w, "\nReproduce: %s\n", rep.Command)
+}
+
+// rightAligned says which of n columns are numbers: all but the first
+// text ones.
+func rightAligned(n, text int) []bool {
+	r := make([]bool, n)
+	for i := text; i < n; i++ {
+		r[i] = true
+	}
+	return r
+}
+
+// printThroughputInProcess is the table of the in-process topology.
+func printThroughputInProcess(w io.Writer, rep *benchReport) {
+	var rows [][]string
+	for _, r := range rep.Throughput {
+		m := r.Median
+		rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability,
+			thousands(m.Direct.Rate), thousands(m.EndToEnd.Rate), fmt.Sprintf("%.0f %%", 100*m.Ratio),
+			ms(m.EndToEnd.Latency.P50), ms(m.EndToEnd.Latency.P90), ms(m.EndToEnd.Latency.P99),
+			fmt.Sprintf("%.3f", m.Direct.CPUPer1000), fmt.Sprintf("%.3f", m.EndToEnd.CPUPer1000),
+			fmt.Sprintf("%.0f", m.EndToEnd.PeakRSSMiB)})
+	}
+	mdTable(w, []string{"size", "durability", "direct msg/s", "end-to-end msg/s", "ratio", "p50 ms", "p90 ms", "p99 ms",
+		"CPU s/1k direct", "CPU s/1k e2e", "peak RSS MiB"}, rightAligned(11, 2), rows)
+}
+
+// pct formats a ratio as a percentage, or "–" when it was not measured.
+func pct(v float64, ok bool) string {
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f %%", 100*v)
+}
+
+// rate formats a phase's rate, or "–" when it did not run.
+func rate(p *phaseStats) string {
+	if p == nil {
+		return "–"
+	}
+	return thousands(p.Rate)
+}
+
+// roleCell is the CPU ms per message of a role's processes, or "–".
+func roleCell(p *phaseStats, role string) string {
+	v, ok := p.roleCPU(role)
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.3f", v)
+}
+
+// rssCell is the largest peak RSS of a role's processes, or "–".
+func rssCell(p *phaseStats, role string) string {
+	v, ok := 0.0, false
+	for _, ps := range p.Processes {
+		if ps.Role == role && ps.PeakRSSMiB > 0 {
+			v, ok = max(v, ps.PeakRSSMiB), true
+		}
+	}
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// printThroughputProcesses is the tables of the process topology: rates
+// and ratios, then CPU and memory per process and phase.
+func printThroughputProcesses(w io.Writer, rep *benchReport) {
+	var rows [][]string
+	for _, r := range rep.Throughput {
+		m := r.Median
+		rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability,
+			thousands(m.Direct.Rate), rate(m.SMTPSource), thousands(m.EndToEnd.Rate),
+			pct(m.Ratio, true), pct(m.RatioSMTPSource, m.SMTPSource != nil),
+			ms(m.EndToEnd.Latency.P50), ms(m.EndToEnd.Latency.P99),
+			rate(m.Relay), func() string {
+				if m.Relay == nil {
+					return "–"
+				}
+				return fmt.Sprintf("%.1f×", m.RatioRelay)
+			}()})
+	}
+	mdTable(w, []string{"size", "durability", "direct msg/s", "smtp-source msg/s", "end-to-end msg/s",
+		"e2e / direct", "e2e / smtp-source", "p50 ms", "p99 ms", "Postfix relay msg/s", "e2e / relay"}, rightAligned(11, 2), rows)
+
+	fmt.Fprintf(w, "\nCPU ms per message and peak RSS MiB, by process:\n\n")
+	rows = nil
+	for _, r := range rep.Throughput {
+		m := r.Median
+		for _, ph := range []struct {
+			name string
+			p    *phaseStats
+		}{{"direct", &m.Direct}, {"smtp-source", m.SMTPSource}, {"end-to-end", &m.EndToEnd}, {"Postfix relay", m.Relay}} {
+			if ph.p == nil {
+				continue
+			}
+			other := "–"
+			for _, role := range []string{"smtp-source", "postfix"} {
+				if v, ok := ph.p.roleCPU(role); ok {
+					if other == "–" {
+						other = ""
+					} else {
+						other += " + "
+					}
+					other += fmt.Sprintf("%s %.3f", role, v)
+				}
+			}
+			rows = append(rows, []string{r.Size, r.Durability, ph.name,
+				roleCell(ph.p, "server"), roleCell(ph.p, "worker"), roleCell(ph.p, "sink"), roleCell(ph.p, "bench"), other,
+				fmt.Sprintf("%.3f", ph.p.CPUPer1000),
+				rssCell(ph.p, "server"), rssCell(ph.p, "worker"), rssCell(ph.p, "sink"), rssCell(ph.p, "bench"),
+				ph.p.machineCell()})
+		}
+	}
+	mdTable(w, []string{"size", "durability", "phase", "server", "worker(s)", "sink", "bench", "other", "total",
+		"RSS server", "RSS worker", "RSS sink", "RSS bench", "others / irq / steal (cores)"}, rightAligned(14, 3), rows)
+	for _, r := range rep.Throughput {
+		var each []string
+		for _, ps := range r.Median.EndToEnd.Processes {
+			if ps.Role == "worker" {
+				each = append(each, fmt.Sprintf("%s %.3f", ps.Name, ps.CPUMsPerMsg))
+			}
+		}
+		if len(each) > 1 {
+			fmt.Fprintf(w, "\n%s %s end-to-end, each worker: %s ms/msg", r.Size, r.Durability, strings.Join(each, ", "))
+		}
+	}
+}
+
+// printCeiling is the table of the ceiling mode.
+func printCeiling(w io.Writer, rep *benchReport) {
+	fmt.Fprintf(w, "\n### Ceiling: one request stream without SMTP, %s messages per run (publish, pull, acknowledge)\n\n",
+		thousands(float64(rep.Settings.Messages)))
+	var rows [][]string
+	for _, r := range rep.Ceiling {
+		m := r.Median
+		var leader, followers []string
+		var rss []string
+		total := 0.0
+		for _, ps := range m.Processes {
+			if ps.Role != "server" {
+				continue
+			}
+			total += ps.CPUMsPerMsg
+			rss = append(rss, fmt.Sprintf("%.0f", ps.PeakRSSMiB))
+			if strings.HasPrefix(ps.Name, "follower") {
+				followers = append(followers, fmt.Sprintf("%.3f", ps.CPUMsPerMsg))
+			} else {
+				leader = append(leader, fmt.Sprintf("%.3f", ps.CPUMsPerMsg))
+			}
+		}
+		bench := "–"
+		if v, ok := m.roleCPU("bench"); ok {
+			bench = fmt.Sprintf("%.3f", v)
+		}
+		f := "–"
+		if len(followers) > 0 {
+			f = strings.Join(followers, " / ")
+		}
+		rows = append(rows, []string{sizeLabel(r.Size, r.WireBytes), r.Durability, fmt.Sprintf("R%d", r.Replicas),
+			thousands(m.Rate), strings.Join(leader, " / "), f, fmt.Sprintf("%.3f", total), bench, strings.Join(rss, " / "),
+			m.machineCell()})
+	}
+	mdTable(w, []string{"size", "durability", "stream", "msg/s", "leader ms/msg", "followers ms/msg", "all nodes ms/msg",
+		"bench ms/msg", "peak RSS MiB per node", "others / irq / steal (cores)"}, rightAligned(10, 3), rows)
+	fmt.Fprintln(w, "\nThe stream and the consumer are the workers' (config.Streams); the bench publishes asynchronously and pulls")
+	fmt.Fprintf(w, "%d at a time, acknowledging each message as a worker does. All nodes and the bench share this machine's %d CPUs.\n", ceilingPull, rep.Machine.CPUs)
+}
+
+// printCapacity turns CPU per message into a capacity model: what one
+// core of a worker and of a NATS server carries, and how many workers one
+// stream feeds.
+func printCapacity(w io.Writer, rep *benchReport) {
+	var lines []string
+	for _, r := range rep.Throughput {
+		e := r.Median.EndToEnd
+		wk, okW := e.roleCPU("worker")
+		sv, okS := e.roleCPU("server")
+		if !okW || !okS || wk <= 0 || sv <= 0 {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("- %s %s: a worker uses %.3f ms of CPU per message (%s msg/s per core), the NATS server %.3f ms "+
+			"(%s msg/s per core, all six JetStream operations of a message): one NATS core per %.1f worker cores.",
+			r.Size, r.Durability, wk, thousands(1000/wk), sv, thousands(1000/sv), wk/sv))
+		for _, c := range rep.Ceiling {
+			if c.Size == r.Size && c.Durability == r.Durability {
+				lines = append(lines, fmt.Sprintf("  - one R%d request stream's ceiling, %s msg/s, feeds about %.1f one-core workers of this kind.",
+					c.Replicas, thousands(c.Median.Rate), c.Median.Rate/(1000/wk)))
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n### Capacity model (CPU per message on this machine)")
+	fmt.Fprintln(w)
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
 }
 
 func verdict(ok bool) string {

@@ -5,11 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +23,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// TestMain builds the jetmail binary, for the backlog mode's worker
-// process.
+// TestMain builds the jetmail binary, for the server, worker and sink
+// processes. Afterwards it fails the tests if any process they started is
+// still running (and kills it).
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "jetmail-bench-test-")
 	if err != nil {
@@ -32,8 +38,51 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	code := m.Run()
+	if left := leftBehind(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: processes left behind by the tests (now killed):\n%s\n", strings.Join(left, "\n"))
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// leftBehind kills and lists the processes that run the test binary's
+// jetmail, are children of this process, or are a Postfix instance of the
+// bench's (a config folder named jetmail-bench-postfix-…).
+func leftBehind() []string {
+	var left []string
+	for range 50 { // processes may still be exiting
+		left = nil
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if err != nil {
+				continue
+			}
+			cmd := strings.ReplaceAll(string(cmdline), "\x00", " ")
+			env, _ := os.ReadFile("/proc/" + e.Name() + "/environ") // Postfix's MAIL_CONFIG
+			st, err := procStat(pid)
+			if err != nil || st[0] == "Z" {
+				continue
+			}
+			if strings.Contains(cmd, binary) || st[1] == strconv.Itoa(os.Getpid()) || bytes.Contains(env, []byte("jetmail-bench-postfix-")) {
+				left = append(left, fmt.Sprintf("%d %s", pid, cmd))
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, l := range left {
+		pid, _ := strconv.Atoi(strings.Fields(l)[0])
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return left
 }
 
 // binary is the jetmail binary TestMain built.
@@ -46,7 +95,7 @@ func benchRun(t *testing.T, mod func(*Options)) *benchReport {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	o := DefaultOptions()
-	o.JSON, o.WorkerBinary, o.Command = true, binary, "jetmail bench (test)"
+	o.JSON, o.Binary, o.Command, o.Postfix = true, binary, "jetmail bench (test)", "off"
 	mod(&o)
 	var out, log bytes.Buffer
 	if err := Run(ctx, o, &out, &log); err != nil {
@@ -89,7 +138,7 @@ func checkPhase(t *testing.T, what string, p phaseStats, n int) {
 	if !(p.Rate > 0 && p.Seconds > 0 && p.CPUSeconds > 0 && p.CPUPer1000 > 0) {
 		t.Errorf("%s: rate %g, seconds %g, CPU %g s, %g s/1000: want all positive", what, p.Rate, p.Seconds, p.CPUSeconds, p.CPUPer1000)
 	}
-	if p.PeakRSSMiB < 1 || p.PeakRSSMiB > 4096 {
+	if _, bench := p.roleCPU("bench"); bench && (p.PeakRSSMiB < 1 || p.PeakRSSMiB > 4096) {
 		t.Errorf("%s: peak RSS %g MiB", what, p.PeakRSSMiB)
 	}
 }
@@ -101,9 +150,79 @@ func checkLatency(t *testing.T, what string, l latencyStats) {
 	}
 }
 
+// checkProcs checks that each role ran in a process of its own and used
+// CPU during the phase, and that those with a peak RSS have a plausible
+// one.
+func checkProcs(t *testing.T, what string, p phaseStats, roles ...string) {
+	t.Helper()
+	for _, role := range roles {
+		v, ok := p.roleCPU(role)
+		if !ok || !(v > 0) {
+			t.Errorf("%s: %s CPU %g ms/msg (measured: %v), want > 0", what, role, v, ok)
+		}
+	}
+	for _, ps := range p.Processes {
+		if ps.Role != "smtp-source" && ps.Role != "postfix" && (ps.PeakRSSMiB < 1 || ps.PeakRSSMiB > 4096) {
+			t.Errorf("%s: %s peak RSS %g MiB", what, ps.Name, ps.PeakRSSMiB)
+		}
+	}
+}
+
+// TestBenchThroughput runs the default, process topology: a jetmail
+// server, worker and sink process each, and smtp-source when Postfix is
+// installed.
 func TestBenchThroughput(t *testing.T) {
+	_, srcErr := findPostfixTool("smtp-source")
 	rep := benchRun(t, func(o *Options) {
-		o.Mode, o.Messages, o.Runs, o.Durability, o.Concurrency, o.PoolSize = "throughput", 200, 1, "both", 4, 2
+		o.Messages, o.Runs, o.Postfix = 300, 1, "auto"
+	})
+	if rep.Settings.Topology != "processes" || len(rep.Throughput) != 1 || len(rep.Throughput[0].Runs) != 1 {
+		t.Fatalf("topology %s, rows %+v", rep.Settings.Topology, rep.Throughput)
+	}
+	row := rep.Throughput[0]
+	r := row.Runs[0]
+	checkPhase(t, "direct", r.Direct, 300)
+	checkPhase(t, "end-to-end", r.EndToEnd, 300)
+	checkProcs(t, "direct", r.Direct, "sink", "bench")
+	checkProcs(t, "end-to-end", r.EndToEnd, "server", "worker", "sink", "bench")
+	if r.EndToEnd.Latency == nil {
+		t.Fatal("no end-to-end latency")
+	}
+	checkLatency(t, "end-to-end", *r.EndToEnd.Latency)
+	if srcErr != nil {
+		t.Logf("smtp-source not measured: %v", srcErr)
+		if r.SMTPSource != nil || !strings.Contains(strings.Join(rep.Notes, " "), "no smtp-source") {
+			t.Errorf("smtp-source %+v without Postfix; notes %q", r.SMTPSource, rep.Notes)
+		}
+	} else {
+		if r.SMTPSource == nil {
+			t.Fatal("Postfix is installed, but no smtp-source phase")
+		}
+		checkPhase(t, "smtp-source", *r.SMTPSource, 300)
+		checkProcs(t, "smtp-source", *r.SMTPSource, "sink", "smtp-source")
+		if !(r.RatioSMTPSource > 0) {
+			t.Errorf("ratio to smtp-source %g", r.RatioSMTPSource)
+		}
+	}
+	if r.Relay != nil {
+		t.Error("a Postfix relay with durability default")
+	}
+	checkTable(t, rep, "### Throughput: 300 messages per run", 1)
+	var out bytes.Buffer
+	printBenchReport(&out, rep)
+	for _, want := range []string{"| e2e / direct |", "| e2e / smtp-source |", "CPU ms per message and peak RSS MiB, by process:",
+		"| end-to-end ", "### Capacity model"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in the report", want)
+		}
+	}
+}
+
+// TestBenchInProcess runs the earlier topology, everything in this
+// process, with both durabilities.
+func TestBenchInProcess(t *testing.T) {
+	rep := benchRun(t, func(o *Options) {
+		o.Topology, o.Messages, o.Runs, o.Durability, o.Concurrency, o.PoolSize = "inprocess", 200, 1, "both", 4, 2
 	})
 	if len(rep.Throughput) != 2 || rep.Throughput[0].Durability != "default" || rep.Throughput[1].Durability != "always" {
 		t.Fatalf("throughput rows %+v, want default and always", rep.Throughput)
@@ -115,6 +234,9 @@ func TestBenchThroughput(t *testing.T) {
 		r := row.Runs[0]
 		checkPhase(t, "direct", r.Direct, 200)
 		checkPhase(t, "end-to-end", r.EndToEnd, 200)
+		if len(r.EndToEnd.Processes) != 1 || r.EndToEnd.Processes[0].Role != "bench" {
+			t.Errorf("in process, processes %+v, want the bench alone", r.EndToEnd.Processes)
+		}
 		if r.EndToEnd.Latency == nil {
 			t.Fatal("no end-to-end latency")
 		}
@@ -142,6 +264,7 @@ func TestBenchLatency(t *testing.T) {
 		t.Errorf("published at %g msg/s, want about 200", r.PublishRate)
 	}
 	checkLatency(t, "latency", r.Latency)
+	checkProcs(t, "latency", phaseStats{Processes: r.Processes}, "server", "worker", "sink", "bench")
 	checkTable(t, rep, "### Latency: 200 msg/s for 1s", 1)
 }
 
@@ -162,7 +285,157 @@ func TestBenchBacklog(t *testing.T) {
 	if r.WorkerPeakRSSMiB < 5 || r.WorkerPeakRSSMiB > 200 {
 		t.Errorf("worker peak RSS %g MiB", r.WorkerPeakRSSMiB)
 	}
+	checkProcs(t, "backlog", phaseStats{Processes: r.Processes}, "server", "worker", "sink")
 	checkTable(t, rep, "### Backlog", 1)
+}
+
+// TestBenchCeiling measures one stream on one jetmail server and on a
+// loopback cluster of three.
+func TestBenchCeiling(t *testing.T) {
+	rep := benchRun(t, func(o *Options) { o.Mode, o.Messages, o.Runs = "ceiling", 300, 1 })
+	if len(rep.Ceiling) != 2 || rep.Ceiling[0].Replicas != 1 || rep.Ceiling[1].Replicas != 3 {
+		t.Fatalf("ceiling rows %+v, want R1 and R3", rep.Ceiling)
+	}
+	for _, row := range rep.Ceiling {
+		r := row.Runs[0]
+		if r.Messages != 300 || !(r.Rate > 0) {
+			t.Errorf("R%d: %d messages at %g msg/s", row.Replicas, r.Messages, r.Rate)
+		}
+		var nodes []string
+		for _, ps := range r.Processes {
+			if ps.Role == "server" {
+				nodes = append(nodes, ps.Name)
+				if !(ps.CPUMsPerMsg > 0) {
+					t.Errorf("R%d: %s (%s) used no CPU", row.Replicas, ps.Name, ps.Node)
+				}
+			}
+		}
+		want := []string{"server"}
+		if row.Replicas == 3 {
+			want = []string{"follower 1", "follower 2", "leader"}
+		}
+		if strings.Join(nodes, ",") != strings.Join(want, ",") {
+			t.Errorf("R%d: server processes %q, want %q", row.Replicas, nodes, want)
+		}
+	}
+	checkTable(t, rep, "### Ceiling", 2)
+}
+
+// TestBenchPostfixRelay runs durability always with Postfix: smtp-source
+// into the sink and a throwaway Postfix relay, which must be gone after.
+func TestBenchPostfixRelay(t *testing.T) {
+	if _, err := findPostfixTool("postfix"); err != nil {
+		t.Skipf("Postfix is not installed, so no Postfix relay to measure: %v", err)
+	}
+	if _, err := findPostfixTool("smtp-source"); err != nil {
+		t.Skipf("Postfix's smtp-source is not installed: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("a Postfix instance is started by root (postfix start); these tests do not run as root")
+	}
+	rep := benchRun(t, func(o *Options) {
+		o.Messages, o.Runs, o.Durability, o.Postfix = 300, 1, "always", "require"
+	})
+	r := rep.Throughput[0].Runs[0]
+	if r.SMTPSource == nil || r.Relay == nil {
+		t.Fatalf("smtp-source %v, relay %v: want both; notes %q", r.SMTPSource, r.Relay, rep.Notes)
+	}
+	checkPhase(t, "Postfix relay", *r.Relay, 300)
+	checkProcs(t, "Postfix relay", *r.Relay, "postfix", "sink", "smtp-source")
+	if !(r.RatioRelay > 0) {
+		t.Errorf("ratio to the relay %g", r.RatioRelay)
+	}
+	var out bytes.Buffer
+	printBenchReport(&out, rep)
+	if !strings.Contains(out.String(), "| Postfix relay ") || !strings.Contains(out.String(), "the Postfix relay") {
+		t.Errorf("no Postfix relay in the report:\n%s", out.String())
+	}
+	if left := leftBehind(); len(left) > 0 {
+		t.Errorf("left behind: %q", left)
+	}
+	if m, _ := filepath.Glob(filepath.Join(os.TempDir(), "jetmail-bench-postfix-*")); len(m) > 0 {
+		t.Errorf("the relay's folders are left: %q", m)
+	}
+}
+
+// TestServerCommand runs `jetmail server` as a process: it serves
+// JetStream (and monitoring), exits 0 on SIGTERM and frees its port.
+func TestServerCommand(t *testing.T) {
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	c, err := startChild("server", binary, []string{"server", "--addr", addr, "--data-dir", t.TempDir(),
+		"--http-addr", "127.0.0.1:0", "--log-format", "json"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.kill)
+	ctx := t.Context()
+	rec, err := c.waitFor(ctx, "NATS server started", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec["url"] != "nats://"+addr {
+		t.Errorf("logged url %v, want nats://%s", rec["url"], addr)
+	}
+	mon, _ := rec["monitoring_url"].(string)
+	if res, err := http.Get(mon + "/jsz"); err != nil || res.StatusCode != 200 {
+		t.Errorf("monitoring %q: %v %v", mon, res, err)
+	} else {
+		res.Body.Close()
+	}
+	nc, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t"}}); err != nil {
+		t.Fatalf("JetStream: %v", err)
+	}
+	if _, err := js.Publish(ctx, "t", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if err := c.stop(15 * time.Second); err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, c.logs.String())
+	}
+	if _, err := c.waitFor(ctx, "NATS server stopped", time.Second); err != nil {
+		t.Error(err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("port not free after the server stopped: %v", err)
+	}
+	ln.Close()
+}
+
+// TestServerCommandUsage checks that contradictory cluster flags are usage
+// errors (exit 2) and a taken port a runtime error (exit 1), both at once.
+func TestServerCommandUsage(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--routes", "nats://127.0.0.1:6222"}, 2},
+		{[]string{"--cluster-addr", "127.0.0.1:0", "--routes", "127.0.0.1:6222"}, 2},
+		{[]string{"--addr", "localhost"}, 2},
+		{[]string{"--max-payload", "0"}, 2},
+		{[]string{"--addr", ln.Addr().String()}, 1},
+	} {
+		cmd := exec.Command(binary, append([]string{"server", "--data-dir", t.TempDir()}, tc.args...)...)
+		out, _ := cmd.CombinedOutput()
+		if cmd.ProcessState.ExitCode() != tc.code {
+			t.Errorf("server %q: exit %d, want %d\n%s", tc.args, cmd.ProcessState.ExitCode(), tc.code, out)
+		}
+	}
 }
 
 // TestBenchExternalServer uses a NATS server of its own: the bench uses
@@ -170,8 +443,8 @@ func TestBenchBacklog(t *testing.T) {
 func TestBenchExternalServer(t *testing.T) {
 	url := jstest.Start(t).URL()
 	rep := benchRun(t, func(o *Options) { o.NATSURL, o.Messages, o.Runs = url, 100, 1 })
-	if len(rep.Throughput) != 1 || rep.Throughput[0].Durability != "server" {
-		t.Fatalf("rows %+v", rep.Throughput)
+	if len(rep.Throughput) != 1 || rep.Throughput[0].Durability != "server" || rep.Settings.Topology != "inprocess" {
+		t.Fatalf("topology %s, rows %+v", rep.Settings.Topology, rep.Throughput)
 	}
 	checkPhase(t, "end-to-end", rep.Throughput[0].Runs[0].EndToEnd, 100)
 	nc, err := nats.Connect(url)
@@ -192,12 +465,32 @@ func TestBenchExternalServer(t *testing.T) {
 
 func TestBenchPostfixSink(t *testing.T) {
 	if _, err := findSMTPSink(); err != nil {
-		t.Skip(err)
+		t.Skipf("Postfix's smtp-sink is not installed, so --sink postfix cannot run: %v", err)
 	}
 	rep := benchRun(t, func(o *Options) { o.Sink, o.Messages, o.Runs = "postfix", 200, 1 })
 	r := rep.Throughput[0].Runs[0]
 	checkPhase(t, "direct", r.Direct, 200)
 	checkPhase(t, "end-to-end", r.EndToEnd, 200)
+	checkProcs(t, "end-to-end", r.EndToEnd, "server", "worker", "sink", "bench")
+}
+
+// TestCPUReading checks the precision rule: fine when it agrees with
+// coarse, coarse when threads ended in between.
+func TestCPUReading(t *testing.T) {
+	t.Parallel()
+	a := cpuReading{coarse: 100 * time.Millisecond, fine: 104 * time.Millisecond, fineOK: true}
+	b := cpuReading{coarse: 110 * time.Millisecond, fine: 109 * time.Millisecond, fineOK: true}
+	if got := a.until(b); got != 5*time.Millisecond {
+		t.Errorf("until = %s, want the fine 5ms", got)
+	}
+	b.fine = 50 * time.Millisecond // a thread ended
+	if got := a.until(b); got != 10*time.Millisecond {
+		t.Errorf("until = %s, want the coarse 10ms", got)
+	}
+	self := readCPU(os.Getpid())
+	if !self.fineOK || self.fine <= 0 {
+		t.Errorf("readCPU(self) = %+v", self)
+	}
 }
 
 func TestParseSize(t *testing.T) {
@@ -260,6 +553,11 @@ func TestOptionsUsage(t *testing.T) {
 		"sync-always contradicts":  func(o *Options) { o.SyncAlways, o.Durability, o.DurabilitySet = true, "default", true },
 		"durability with NATS URL": func(o *Options) { o.NATSURL, o.Durability, o.DurabilitySet = "nats://127.0.0.1:1", "both", true },
 		"backlog with NATS URL":    func(o *Options) { o.NATSURL, o.Mode = "nats://127.0.0.1:1", "backlog" },
+		"ceiling with NATS URL":    func(o *Options) { o.NATSURL, o.Mode = "nats://127.0.0.1:1", "ceiling" },
+		"processes with NATS URL":  func(o *Options) { o.NATSURL, o.Topology, o.TopologySet = "nats://127.0.0.1:1", "processes", true },
+		"topology":                 func(o *Options) { o.Topology = "threads" },
+		"ceiling replicas":         func(o *Options) { o.CeilingReplicas = "1,7" },
+		"postfix":                  func(o *Options) { o.Postfix = "maybe" },
 		"no messages":              func(o *Options) { o.Messages = 0 },
 		"sink":                     func(o *Options) { o.Sink = "exim" },
 		"rate":                     func(o *Options) { o.Rate = 0 },

@@ -7,17 +7,28 @@ import (
 	"time"
 )
 
-// TestBenchTable runs the default mode as a user would and checks the
-// table it prints.
+// TestBenchTable runs the default mode as a user would (the jetmail
+// binary as the server, worker and sink processes) and checks the tables
+// it prints.
 func TestBenchTable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r := jetmail(t, ctx, "", "bench", "-n", "200", "--runs", "1", "--size", "2KB,100KB")
+	r := jetmail(t, ctx, "", "bench", "-n", "200", "--runs", "1", "--size", "2KB,100KB", "--postfix", "off", "--jetmail-binary", binary)
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	for _, want := range []string{"| size ", "| direct msg/s |", "| end-to-end msg/s |", "| ratio |", "| p99 ms |",
-		"| CPU s/1k e2e |", "| peak RSS MiB |", "| 2KB (2,", "| 100KB (10", "Reproduce: jetmail bench --messages 200 --runs 1 --size 2KB,100KB"} {
+	for _, want := range []string{"topology processes", "| size ", "| direct msg/s |", "| end-to-end msg/s |", "| e2e / direct |", "| p99 ms |",
+		"| worker(s) |", "| RSS worker |", "| 2KB (2,", "| 100KB (10", "Reproduce: jetmail bench --messages 200 --runs 1 --size 2KB,100KB --postfix off"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("no %q in\n%s", want, r.stdout)
+		}
+	}
+	// The earlier layout: everything in this process.
+	r = jetmail(t, ctx, "", "bench", "-n", "200", "--runs", "1", "--topology", "inprocess", "--postfix", "off")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	for _, want := range []string{"topology inprocess", "| ratio |", "| CPU s/1k e2e |", "| peak RSS MiB |"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("no %q in\n%s", want, r.stdout)
 		}
@@ -37,6 +48,10 @@ func TestBenchUsage(t *testing.T) {
 		{"-n", "0"},
 		{"--sink", "exim"},
 		{"--rate", "0"},
+		{"--topology", "threads"},
+		{"--nats-url", "nats://127.0.0.1:1", "--topology", "processes"},
+		{"--mode", "ceiling", "--ceiling-replicas", "2,9"},
+		{"--postfix", "maybe"},
 	} {
 		r := jetmail(t, testCtx(t), "", append([]string{"bench"}, args...)...)
 		if r.code != exitUsage {

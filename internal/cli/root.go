@@ -179,6 +179,8 @@ func newRootCmd(s stdio, lookupEnv func(string) (string, bool)) *cobra.Command {
 		newWebhooksCmd(s),
 		newSuppressCmd(s),
 		newSearchCmd(s),
+		newServerCmd(s),
+		newSinkCmd(s),
 	)
 	annotateEnv(root)
 	return root
