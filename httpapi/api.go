@@ -32,9 +32,9 @@ import (
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/search"
 	"github.com/jetmail/jetmail/suppress"
 	"github.com/jetmail/jetmail/tracing"
-	"github.com/jetmail/jetmail/search"
 )
 
 // Config configures the HTTP API.
