@@ -122,6 +122,7 @@ type Index struct {
 	running    atomic.Bool   // Run is running
 	pruneEvery time.Duration // how often Run prunes; tests shorten it
 	maxBatch   int           // events per transaction at most
+	linger     time.Duration // how long a transaction waits for more events
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -184,6 +185,7 @@ func Open(path string, logger *slog.Logger) (*Index, error) {
 		changed:    make(chan struct{}),
 		pruneEvery: time.Minute,
 		maxBatch:   4096,
+		linger:     50 * time.Millisecond,
 	}
 	if err := x.init(); err != nil {
 		wdb.Close()

@@ -147,7 +147,8 @@ func (x *Index) read(ctx context.Context, it jetstream.MessagesContext, msgs cha
 }
 
 // write indexes the messages in batches: each transaction takes every
-// message waiting, up to maxBatch, so that batches grow with the load.
+// message waiting, up to maxBatch, and what arrives within linger after the
+// first, so that batches grow with the load.
 func (x *Index) write(ctx context.Context, msgs <-chan jetstream.Msg, subjectPrefix string) error {
 	batch := make([]jetstream.Msg, 0, x.maxBatch)
 	for {
@@ -158,15 +159,23 @@ func (x *Index) write(ctx context.Context, msgs <-chan jetstream.Msg, subjectPre
 		case <-ctx.Done():
 			return nil
 		}
+		// Linger a little for more: a message's events come close
+		// together (accepted, then sent a few milliseconds later), and
+		// one transaction that holds them all writes its row once, not
+		// once per event; commits, the dearest part, become rare too.
+		linger := time.NewTimer(x.linger)
 	more:
 		for len(batch) < x.maxBatch {
 			select {
 			case m := <-msgs:
 				batch = append(batch, m)
-			default:
+			case <-linger.C:
+				break more
+			case <-ctx.Done():
 				break more
 			}
 		}
+		linger.Stop()
 		if err := x.apply(ctx, batch, subjectPrefix); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -208,6 +217,10 @@ type update struct {
 
 // apply indexes one batch of messages in one transaction.
 func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix string) error {
+	// A batch is written whole once begun. A context that cannot end also
+	// spares the SQLite driver a goroutine per statement, which it starts
+	// to interrupt the statement when a context is done.
+	ctx = context.WithoutCancel(ctx)
 	var (
 		updates []*update
 		byID    = map[string]*update{}

@@ -84,6 +84,9 @@ type Options struct {
 	NATSURL string
 	// JSON prints the results as JSON instead of tables.
 	JSON bool
+	// WorkerArgs are more flags for every `jetmail worker` process, such
+	// as "--index-dir=none" or "--cpu-profile=/tmp/worker.prof".
+	WorkerArgs []string
 	// CPUProfile is a file to write a CPU profile of the first end-to-end
 	// phase to.
 	CPUProfile string
@@ -421,6 +424,16 @@ func Run(ctx context.Context, opts Options, out, log io.Writer) error {
 		rep.Settings.NATS = "jetmail server process"
 	}
 	b := &bencher{f: f, plan: p, log: log, report: rep}
+	if p.processes {
+		// Each worker process keeps its search index (as deployed) in a
+		// folder of its own.
+		dir, err := os.MkdirTemp("", "jetmail-bench-index-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		b.tmp = dir
+	}
 	if !p.postfix && slices.Contains(p.modes, "throughput") {
 		b.note("no smtp-source and no Postfix relay figures: %s", p.postfixWhy)
 	}
@@ -521,6 +534,8 @@ type bencher struct {
 
 	messages     map[int]*benchMessage // by size
 	relaySkipped bool                  // the note saying why is made
+	tmp          string                // where worker processes keep their search indexes
+	workerSeq    atomic.Int32          // numbers those folders
 }
 
 func (b *bencher) logf(format string, args ...any) {

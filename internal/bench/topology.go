@@ -149,10 +149,11 @@ func (b *bencher) noteWarnings(c *child) {
 
 // workerArgs are the flags of every `jetmail worker` process of a run.
 func (b *bencher) workerArgs(natsURL, smtpURL string) []string {
-	return []string{"worker", "--nats-url", natsURL, "--smtp-url", smtpURL, "--http-addr", "127.0.0.1:0",
+	args := []string{"worker", "--nats-url", natsURL, "--smtp-url", smtpURL, "--http-addr", "127.0.0.1:0",
 		"--concurrency", strconv.Itoa(b.f.Concurrency), "--smtp-pool-size", strconv.Itoa(b.f.PoolSize),
 		"--prefetch", strconv.Itoa(b.plan.prefetch), "--grace-period", "10s",
-		"--log-format", "json", "--log-level", "info"}
+		"--log-format", "json", "--log-level", "info", "--index-dir", filepath.Join(b.tmp, "index-"+strconv.Itoa(int(b.workerSeq.Add(1))))}
+	return append(args, b.f.WorkerArgs...)
 }
 
 // startWorkerProcs starts --workers `jetmail worker` processes and waits

@@ -57,6 +57,7 @@ func newBenchCmd(s stdio) *cobra.Command {
 	fs.StringVar(&o.CeilingReplicas, "ceiling-replicas", o.CeilingReplicas, "stream replicas of the ceiling mode, comma-separated: 1 is one jetmail server, 3 a loopback cluster of three")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server to use (its own durability settings apply); empty starts an embedded one in a temporary folder")
 	fs.BoolVar(&o.JSON, "json", false, "print the results as JSON instead of tables")
+	fs.StringArrayVar(&o.WorkerArgs, "worker-arg", nil, "another flag for every jetmail worker process, such as --worker-arg=--index-dir=none (repeatable)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of this process in the first end-to-end phase to this file (with --topology processes: the publisher and result reader)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "longest a single phase may take")
 	fs.StringVar(&o.Binary, "jetmail-binary", "", "jetmail binary to run as the server, worker and sink processes; default: this executable")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -39,6 +40,7 @@ type workerFlags struct {
 	webhooks      webhookFlags
 	oneClick      oneClickFlags
 	indexDir      string
+	cpuProfile    string
 	nats          natsAuth
 	embedded      embeddedFlags
 	log           logFlags
@@ -144,6 +146,8 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	f.nats.addFlags(fs)
 	f.embedded.addFlags(fs)
 	f.log.addFlags(fs)
+	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the worker to this file until it stops (JETMAIL_CPU_PROFILE reaches the workers that jetmail bench starts)")
+	_ = fs.MarkHidden("cpu-profile")
 	return cmd, f
 }
 
@@ -276,6 +280,13 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	cfg, err := f.config(fs, logger)
 	if err != nil {
 		return err
+	}
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
+		}
+		defer stop()
 	}
 	hooks, err := f.webhooks.hooks()
 	if err != nil {
@@ -460,4 +471,20 @@ func connectWorker(url string, logger *slog.Logger, auth *natsAuth, opts ...nats
 	}
 	logger.Info("connected to NATS", "url", nc.ConnectedUrlRedacted(), "auth", auth.method(), "tls", nc.TLSRequired() || auth.tls())
 	return nc, closed, nil
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = out.Close()
+	}, nil
 }
