@@ -80,6 +80,10 @@ type SMTP struct {
 	// NoPipelining sends one command per round trip even when the server
 	// offers PIPELINING (for benchmarks and broken servers).
 	NoPipelining bool
+	// NoChunking sends the message with DATA even when the server offers
+	// CHUNKING (RFC 3030), which jetmail otherwise uses with PIPELINING:
+	// BDAT sends MAIL, RCPT and the whole message in one write.
+	NoChunking bool
 	// OnUncertain is what follows an attempt that ended after the final
 	// "." of DATA without a reply, when the relay may have the message:
 	// OnUncertainRetry (the default: at least once, with the same

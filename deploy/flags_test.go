@@ -34,7 +34,7 @@ var contractFlags = []workerFlag{
 	{Name: "smtp-url", Kind: "String"},
 	{Name: "outbox", Kind: "String", Default: "./outbox"},
 	{Name: "http-addr", Kind: "String", Default: ":8080"},
-	{Name: "concurrency", Kind: "Int", Default: "16"},
+	{Name: "concurrency", Kind: "Int", Default: "64"}, // contract §5 says 16; issue 14 raised it
 	{Name: "retry-initial", Kind: "Duration", Default: "30s"},
 	{Name: "retry-multiplier", Kind: "Float64", Default: "2"},
 	{Name: "retry-max-interval", Kind: "Duration", Default: "30m0s"},

@@ -147,6 +147,8 @@ func TestAlertRules(t *testing.T) {
 		{"JetmailHighDeferralRatio", `state="deferred"`},
 		{"JetmailDeliveryLatencyHigh", "jetmail_delivery_latency_seconds_bucket"},
 		{"JetmailNoSMTPConnections", "jetmail_smtp_connections"},
+		{"JetmailWebhookDropping", `outcome="dropped"`},
+		{"JetmailWebhookBacklog", "jetmail_webhook_pending"},
 	} {
 		if expr, ok := have[want.alert]; !ok {
 			t.Errorf("alerts.yml has no alert %s", want.alert)

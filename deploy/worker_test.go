@@ -17,6 +17,8 @@ import (
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/internal/jstest"
+	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/webhook"
 	"github.com/jetmail/jetmail/worker"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -47,6 +49,16 @@ func startWorker(t *testing.T) *runningWorker {
 		t.Fatal(err)
 	}
 	jstest.Serve(t, w.Run, nil)
+	// A webhook beside it, as `jetmail worker --webhook` runs one, so that
+	// the webhook metrics are exported too.
+	receiver := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(receiver.Close)
+	hooks, err := webhook.New(js, schema.DefaultNames(), []webhook.Config{{Name: "crm", URL: receiver.URL,
+		Secret: []byte("0123456789abcdef0123456789abcdef")}}, reg, nil, webhook.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jstest.Serve(t, hooks.Run, nil)
 	rw := &runningWorker{http: httptest.NewServer(w.Handler())}
 	t.Cleanup(rw.http.Close)
 

@@ -92,20 +92,20 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 // BenchmarkSMTPTransaction is one message (built once) sent on a pooled,
-// already open session to the counting sink: MAIL, RCPTs and DATA, with
-// PIPELINING (two round trips) and without (one per command).
+// already open session to the counting sink: with PIPELINING and BDAT (one
+// round trip), with PIPELINING and DATA (two), and one command at a time.
 func BenchmarkSMTPTransaction(b *testing.B) {
 	for _, c := range []struct {
-		name         string
-		noPipelining bool
-	}{{"pipelined", false}, {"sequential", true}} {
+		name                     string
+		noPipelining, noChunking bool
+	}{{"chunked", false, false}, {"pipelined", false, true}, {"sequential", true, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			sink, err := smtpsink.Start("127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer sink.Close()
-			tr, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: sink.URL(), PoolSize: 1, NoPipelining: c.noPipelining}}, nil, nil)
+			tr, err := NewSMTPTransport(map[string]config.SMTP{"default": {URL: sink.URL(), PoolSize: 1, NoPipelining: c.noPipelining, NoChunking: c.noChunking}}, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/schema"
@@ -25,6 +26,10 @@ import (
 // delivery it goes first, so it gets at least LaneShare of the deliveries.
 // Retries stay in their lane, as a deferred message is redelivered by its
 // own consumer.
+
+// inflightFactor is how many times its payload's size a delivery holds in
+// memory at most, counted against Config.MaxInflightBytes.
+const inflightFactor = 4
 
 // laneFeed is one lane's offer to the dispatcher.
 type laneFeed struct {
@@ -90,6 +95,7 @@ func (w *Worker) consume(ctx, hctx context.Context, top *config.Topology, handle
 	}
 	sched := newLaneScheduler(feeds, w.cfg.LaneShare)
 	slots := make(chan struct{}, w.cfg.Concurrency)
+	memory := semaphore.NewWeighted(int64(w.cfg.MaxInflightBytes))
 	defer func() {
 		for _, f := range feeds {
 			if f.held != nil {
@@ -111,8 +117,17 @@ func (w *Worker) consume(ctx, hctx context.Context, top *config.Topology, handle
 		}
 		m := f.held
 		f.held = nil
+		// Deliveries in flight hold their request several times over (the
+		// payload, decoded attachments, the rendered message): large ones
+		// wait for room so that many of them do not exhaust the memory.
+		cost := min(int64(len(m.Data()))*inflightFactor, int64(w.cfg.MaxInflightBytes))
+		if err := memory.Acquire(ctx, cost); err != nil {
+			<-slots
+			w.returnToStream(ctx, m)
+			return
+		}
 		handlers.Go(func() {
-			defer func() { <-slots }()
+			defer func() { memory.Release(cost); <-slots }()
 			w.handle(hctx, m)
 		})
 	}

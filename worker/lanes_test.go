@@ -168,3 +168,50 @@ func TestAcceptedCarriesEnvelope(t *testing.T) {
 
 // fakeMsg stands in for a message in the scheduler's table test.
 type fakeMsg struct{ jetstream.Msg }
+
+// TestMaxInflightBytes: large requests wait for room under
+// MaxInflightBytes instead of all being held at once; with room enough
+// they are delivered side by side.
+func TestMaxInflightBytes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		limit   int
+		maxSeen float64 // most deliveries in flight at once: exactly 1, or more than 1
+	}{{1 << 20, 1}, {64 << 20, 2}} {
+		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
+			t.Parallel()
+			srv := smtptest.NewServer(t)
+			srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: 300 * time.Millisecond})
+			b := setup(t, Config{Concurrency: 8, MaxInflightBytes: tc.limit,
+				Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "a@example.com", PoolSize: 4}}})
+			big := strings.Repeat("x", 300<<10) // 4 × 300 KB counts as more than 1 MiB
+			var seen float64
+			stop := make(chan struct{})
+			sampled := make(chan struct{})
+			go func() {
+				defer close(sampled)
+				for {
+					seen = max(seen, testutil.ToFloat64(b.worker.metrics.Inflight))
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+			}()
+			for i := range 4 {
+				b.publish(t, map[string]any{"Id": fmt.Sprintf("big-%d", i), "To": "r@example.com", "Subject": "s", "Body": big}, "")
+			}
+			for i := range 4 {
+				if fin, _ := b.results.Final(t, fmt.Sprintf("big-%d", i)); fin.Status != 200 {
+					t.Fatalf("big-%d: %d %s", i, fin.Status, fin.Error)
+				}
+			}
+			close(stop)
+			<-sampled
+			if tc.maxSeen == 1 && seen != 1 || tc.maxSeen > 1 && seen < tc.maxSeen {
+				t.Errorf("at most %g deliveries in flight at once, want %g", seen, tc.maxSeen)
+			}
+		})
+	}
+}

@@ -110,6 +110,7 @@ type session struct {
 	pipelining bool // the server offers PIPELINING (RFC 2920)
 	smtputf8   bool // the server offers SMTPUTF8 (RFC 6531)
 	eightBit   bool // the server offers 8BITMIME (RFC 6152)
+	chunking   bool // the server offers CHUNKING (RFC 3030)
 }
 
 type connHolderKey struct{}
@@ -217,6 +218,7 @@ func (p *smtpPool) open(ctx context.Context) (*session, error) {
 	s.pipelining, _ = c.Extension("PIPELINING")
 	s.smtputf8, _ = c.Extension("SMTPUTF8")
 	s.eightBit, _ = c.Extension("8BITMIME")
+	s.chunking, _ = c.Extension("CHUNKING")
 	_, encrypted := conn.(*tls.Conn)
 	if st, err := c.GetTLSConnectionState(); err == nil && st.HandshakeComplete {
 		encrypted = true

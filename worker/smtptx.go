@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +36,7 @@ type transaction struct {
 	t         *textproto.Conn
 	timeout   time.Duration
 	pipelined bool
+	chunked   bool // BDAT instead of DATA (pipelined sessions only)
 	ctx       context.Context
 	stop      func() bool
 
@@ -48,6 +51,7 @@ func (p *smtpPool) transaction(ctx context.Context, s *session) *transaction {
 		s: s, t: s.c.Text, timeout: p.cfg.Timeout, ctx: ctx,
 		pipelined: s.pipelining && !p.cfg.NoPipelining,
 	}
+	tx.chunked = tx.pipelined && s.chunking && !p.cfg.NoChunking
 	tx.stop = context.AfterFunc(ctx, func() {
 		tx.mu.Lock()
 		defer tx.mu.Unlock()
@@ -162,6 +166,9 @@ func (tx *transaction) run(env *Envelope) (d Delivery, err error) {
 	if err := tx.command(mail); err != nil {
 		return d, withOp(OpMail, err)
 	}
+	if tx.chunked {
+		return tx.runChunked(env)
+	}
 	if tx.pipelined {
 		for _, rcpt := range env.To {
 			tx.command("RCPT TO:<" + rcpt + ">")
@@ -235,6 +242,115 @@ func (tx *transaction) run(env *Envelope) (d Delivery, err error) {
 	}
 	d.Reply = replyOf(&textproto.Error{Code: 250, Msg: msg})
 	return d, nil
+}
+
+// runChunked is run with BDAT (RFC 3030) on a pipelining session: MAIL,
+// each RCPT, "BDAT <size> LAST" and the whole message go out in one write,
+// and the replies are read in order: the transaction costs one round trip.
+// The message goes as it is rendered, with CRLF line ends and no
+// dot-stuffing (BDAT counts bytes instead). A server that refused the
+// sender or every recipient reads the chunk all the same and refuses it
+// too; the outcome is decided from the replies exactly as with DATA. When
+// the connection fails after the chunk was written, before the last reply,
+// the failure is at OpDataClose: the server may have the message.
+func (tx *transaction) runChunked(env *Envelope) (d Delivery, err error) {
+	body := crlf(env.raw)
+	for _, rcpt := range env.To {
+		tx.command("RCPT TO:<" + rcpt + ">")
+	}
+	tx.command("BDAT " + strconv.Itoa(len(body)) + " LAST")
+	if err := writeChunk(tx.t.W, body, tx.renew); err != nil {
+		return d, withOp(OpWrite, tx.fail(err))
+	}
+	// Every reply comes after the whole message was written. A server
+	// that closed the session before reading it (an idle pooled session)
+	// fails at the first reply, and the pool dials again; one that stays
+	// silent until the timeout may be working on the message, so that is
+	// uncertain, and not tried again on another session.
+	lost := func(op Op, err error) error {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return withOp(OpDataClose, err)
+		}
+		return withOp(op, err)
+	}
+	_, mailErr := tx.reply(250)
+	if mailErr != nil && !isReply(mailErr) {
+		return d, lost(OpMail, mailErr)
+	}
+	var fails []rcptFailure
+	for _, rcpt := range env.To {
+		if _, err := tx.reply(25); err != nil {
+			if !isReply(err) {
+				return d, lost(OpRcpt, err)
+			}
+			fails = append(fails, rcptFailure{addr: rcpt, err: err})
+		}
+	}
+	msg, bdatErr := tx.reply(250)
+	if bdatErr != nil && !isReply(bdatErr) {
+		return d, withOp(OpDataClose, bdatErr)
+	}
+	switch {
+	case mailErr != nil:
+		tx.reset(false)
+		return d, withOp(OpMail, mailErr)
+	case len(fails) == len(env.To):
+		tx.reset(false)
+		return d, classifyRecipients(fails)
+	case bdatErr != nil:
+		tx.reset(false)
+		return d, withOp(OpDataClose, bdatErr)
+	}
+	for _, f := range fails {
+		d.Rejected = append(d.Rejected, recipientResult(f.addr, Classify(withOp(OpRcpt, f.err))))
+	}
+	d.Reply = replyOf(&textproto.Error{Code: 250, Msg: msg})
+	return d, nil
+}
+
+// crlf returns msg with every line ended by CRLF (a bare LF becomes CRLF),
+// msg itself when it has no bare LF, as rendered messages do not.
+func crlf(msg []byte) []byte {
+	bare := 0
+	for i, c := range msg {
+		if c == '\n' && (i == 0 || msg[i-1] != '\r') {
+			bare++
+		}
+	}
+	if bare == 0 {
+		return msg
+	}
+	out := make([]byte, 0, len(msg)+bare)
+	for i, c := range msg {
+		if c == '\n' && (i == 0 || msg[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// writeChunk writes body after the queued commands and flushes, renewing
+// the deadline before each buffer-full so that Timeout bounds a stall,
+// not the size of a message.
+func writeChunk(w *bufio.Writer, body []byte, renew func() error) error {
+	for len(body) > 0 {
+		if err := renew(); err != nil {
+			return err
+		}
+		n := min(len(body), max(w.Available(), 4096))
+		if _, err := w.Write(body[:n]); err != nil {
+			return err
+		}
+		body = body[n:]
+	}
+	if err := renew(); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("flush message: %w", err)
+	}
+	return nil
 }
 
 // mailParams are the MAIL FROM parameters of env on s: SMTPUTF8 when an

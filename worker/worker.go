@@ -39,8 +39,15 @@ type Config struct {
 	Connections map[string]config.SMTP
 	// Outbox is the folder of the file transport. Default "./outbox".
 	Outbox string
-	// Concurrency is the number of deliveries in flight. Default 16.
+	// Concurrency is the number of deliveries in flight. Default 64: a
+	// delivery spends most of its time waiting for NATS and the relay, and
+	// the SMTP sessions are bounded by each connection's PoolSize, not by
+	// this.
 	Concurrency int
+	// MaxInflightBytes bounds the memory the deliveries in flight hold,
+	// counted as four times each request's size: large requests wait for
+	// room. Default 256 MiB; at least Limits.MaxRequestBytes.
+	MaxInflightBytes int
 	// Prefetch is how many messages the client buffers ahead of the
 	// handlers, split between the three lanes. Zero means Concurrency.
 	// Keep it small: a buffered message's AckWait runs while it waits.
@@ -121,7 +128,8 @@ func DefaultConfig() Config {
 	return Config{
 		Names:             schema.DefaultNames(),
 		Outbox:            "./outbox",
-		Concurrency:       16,
+		Concurrency:       64,
+		MaxInflightBytes:  256 << 20,
 		LaneShare:         0.1,
 		Retry:             DefaultRetryPolicy(),
 		GracePeriod:       30 * time.Second,
@@ -178,6 +186,7 @@ func (c Config) withDefaults() Config {
 	}
 	str(&c.Outbox, d.Outbox)
 	num(&c.Concurrency, d.Concurrency)
+	num(&c.MaxInflightBytes, d.MaxInflightBytes)
 	num(&c.Prefetch, c.Concurrency)
 	if c.LaneShare == 0 {
 		c.LaneShare = d.LaneShare
@@ -224,6 +233,9 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 1 {
 		bad("Concurrency", "must be at least 1, got %d", c.Concurrency)
+	}
+	if c.MaxInflightBytes < 1<<20 {
+		bad("MaxInflightBytes", "must be at least 1 MiB, got %d", c.MaxInflightBytes)
 	}
 	if c.Prefetch < 1 {
 		bad("Prefetch", "must be at least 1, got %d", c.Prefetch)

@@ -808,7 +808,7 @@ func TestHelp(t *testing.T) {
 	// Each flag's own help line shows its contract default.
 	lines := strings.Split(r.stdout, "\n")
 	for flag, def := range map[string]string{
-		"http-addr": `(default ":8080")`, "concurrency": "(default 16)", "retry-initial": "(default 30s)",
+		"http-addr": `(default ":8080")`, "concurrency": "(default 64)", "retry-initial": "(default 30s)",
 		"retry-multiplier": "(default 2)", "retry-max-interval": "(default 30m0s)", "max-attempts": "(default 12)",
 		"max-age": "(default 48h0m0s)", "grace-period": "(default 30s)", "subject-prefix": `(default "mail")`,
 		"outbox": `(default "./outbox")`, "replicas": "(default 1)",

@@ -124,7 +124,8 @@ func workerCommand(s stdio) (*cobra.Command, *workerFlags) {
 	fs.StringVar(&c.Outbox, "outbox", def.Outbox, "folder of the .eml outbox used without --smtp-url")
 	fs.StringVar(&c.HTTPAddr, "http-addr", def.HTTPAddr, "address of the HTTP server for /metrics, /healthz, /readyz and the HTTP API")
 	addIndexFlag(fs, &f.indexDir)
-	fs.IntVar(&c.Concurrency, "concurrency", def.Concurrency, "deliveries in flight at once")
+	fs.IntVar(&c.Concurrency, "concurrency", def.Concurrency, "deliveries in flight at once (SMTP sessions stay bounded by --smtp-pool-size)")
+	fs.IntVar(&c.MaxInflightBytes, "max-inflight-bytes", def.MaxInflightBytes, "memory the deliveries in flight may hold, counted as 4 times each request's size; large requests wait for room")
 	fs.DurationVar(&c.Retry.Initial, "retry-initial", def.Retry.Initial, "delay before the first retry")
 	fs.Float64Var(&c.Retry.Multiplier, "retry-multiplier", def.Retry.Multiplier, "growth of the retry delay per attempt")
 	fs.DurationVar(&c.Retry.MaxInterval, "retry-max-interval", def.Retry.MaxInterval, "largest retry delay")
@@ -168,7 +169,7 @@ var configFlags = map[string]string{
 	"AckWait": "ack-wait", "Replicas": "replicas",
 	"Limits.MaxRequestBytes": "max-request-bytes", "Limits.MaxAttachmentBytes": "max-attachment-bytes",
 	"Limits.MaxRecipients": "max-recipients", "Limits.MaxHeaders": "max-headers", "Limits.MaxHeaderLength": "max-header-length",
-	"Connections": "smtp-url", "LaneShare": "lane-share",
+	"Connections": "smtp-url", "LaneShare": "lane-share", "MaxInflightBytes": "max-inflight-bytes",
 	"PublicURL": "public-url", "SuppressBounceTTL": "suppress-bounce-ttl",
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +22,8 @@ import (
 // Sink is a minimal, fast SMTP server that accepts every message and only
 // counts it, like Postfix's smtp-sink: the ceiling that benchmarks compare
 // jetmail with. It speaks enough ESMTP for jetmail's client (EHLO with
-// PIPELINING, 8BITMIME, SMTPUTF8 and ENHANCEDSTATUSCODES; MAIL, RCPT, DATA,
-// RSET, NOOP, QUIT), answers pipelined commands in order, and flushes its
+// PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES and CHUNKING; MAIL,
+// RCPT, DATA, BDAT, RSET, NOOP, QUIT), answers pipelined commands in order, and flushes its
 // replies only when the client has nothing more buffered, as a real
 // pipelining server does. It is safe for concurrent use.
 type Sink struct {
@@ -133,7 +134,7 @@ func (s *Sink) serve(c net.Conn) {
 		verb := strings.ToUpper(string(bytes.TrimSpace(firstWord(line))))
 		switch verb {
 		case "EHLO":
-			err = reply("250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE 104857600")
+			err = reply("250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SIZE 104857600")
 		case "HELO":
 			err = reply("250 sink")
 		case "MAIL", "RCPT", "RSET", "NOOP":
@@ -152,6 +153,23 @@ func (s *Sink) serve(c net.Conn) {
 			s.messages.Add(1)
 			s.bytes.Add(n)
 			err = reply("250 2.0.0 Ok: queued")
+		case "BDAT": // RFC 3030: "BDAT <size> [LAST]", then size bytes
+			fields := strings.Fields(string(line))
+			size, perr := strconv.ParseInt(fields[min(1, len(fields)-1)], 10, 64)
+			if len(fields) < 2 || perr != nil || size < 0 {
+				err = reply("501 5.5.4 Syntax: BDAT size [LAST]")
+				break
+			}
+			if _, err = io.CopyN(io.Discard, r, size); err != nil {
+				return
+			}
+			s.bytes.Add(size)
+			if len(fields) > 2 && strings.EqualFold(fields[2], "LAST") {
+				s.messages.Add(1)
+				err = reply("250 2.0.0 Ok: queued")
+			} else {
+				err = reply("250 2.0.0 Ok")
+			}
 		case "QUIT":
 			_ = reply("221 2.0.0 Bye")
 			_ = w.Flush()
