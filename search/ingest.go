@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,7 +65,11 @@ func (x *Index) Run(ctx context.Context, js jetstream.JetStream, names schema.Na
 		if x.applied.Load() > before {
 			wait = 500 * time.Millisecond
 		}
-		x.log.Warn("search index: following the result stream failed; retrying",
+		level := slog.LevelWarn
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			level = slog.LevelInfo // a worker creates it as it starts
+		}
+		x.log.Log(ctx, level, "search index: following the result stream failed; retrying",
 			"stream", names.ResultStream, "seq", x.Seq(), "retry_in", wait, "error", err)
 		select {
 		case <-time.After(wait):

@@ -84,6 +84,11 @@ type Options struct {
 	NATSURL string
 	// JSON prints the results as JSON instead of tables.
 	JSON bool
+	// LanesBacklog is the bulk backlog of the lanes mode.
+	LanesBacklog int
+	// UrgentRate and NormalRate are the steady publish rates (per second)
+	// of the lanes mode's urgent and normal requests, for Duration.
+	UrgentRate, NormalRate float64
 	// WorkerArgs are more flags for every `jetmail worker` process, such
 	// as "--index-dir=none" or "--cpu-profile=/tmp/worker.prof".
 	WorkerArgs []string
@@ -102,7 +107,8 @@ type Options struct {
 // DefaultOptions are the defaults of `jetmail bench`.
 func DefaultOptions() Options {
 	return Options{Mode: "throughput", Topology: "processes", Messages: 10000, Backlog: 100000, Sizes: "2KB", Runs: 3,
-		Concurrency: 16, PoolSize: 8, Workers: 1, Durability: "default", Rate: 1000, Duration: 10 * time.Second,
+		Concurrency: worker.DefaultConfig().Concurrency, PoolSize: config.DefaultPoolSize, Workers: 1,
+		LanesBacklog: 60000, UrgentRate: 20, NormalRate: 100, Durability: "default", Rate: 1000, Duration: 10 * time.Second,
 		Sink: "builtin", Postfix: "auto", CeilingReplicas: "1,3", Timeout: 10 * time.Minute}
 }
 
@@ -228,12 +234,12 @@ type benchPlan struct {
 func (f *Options) plan() (*benchPlan, error) {
 	p := &benchPlan{prefetch: f.Prefetch}
 	switch m := strings.ToLower(f.Mode); m {
-	case "throughput", "latency", "backlog", "ceiling":
+	case "throughput", "latency", "backlog", "ceiling", "lanes":
 		p.modes = []string{m}
 	case "all":
-		p.modes = []string{"throughput", "latency", "backlog", "ceiling"}
+		p.modes = []string{"throughput", "latency", "backlog", "lanes", "ceiling"}
 	default:
-		return nil, badFlags("--mode must be throughput, latency, backlog, ceiling or all, got %q", f.Mode)
+		return nil, badFlags("--mode must be throughput, latency, backlog, lanes, ceiling or all, got %q", f.Mode)
 	}
 	switch t := strings.ToLower(f.Topology); {
 	case t == "processes" && f.NATSURL != "" && f.TopologySet:
@@ -295,6 +301,10 @@ func (f *Options) plan() (*benchPlan, error) {
 		}
 	}
 	atLeastOne("messages", f.Messages)
+	atLeastOne("lanes-backlog", f.LanesBacklog)
+	if f.UrgentRate <= 0 || f.NormalRate <= 0 {
+		errs = append(errs, badFlags("--urgent-rate and --normal-rate must be above 0, got %g and %g", f.UrgentRate, f.NormalRate))
+	}
 	atLeastOne("runs", f.Runs)
 	atLeastOne("concurrency", f.Concurrency)
 	atLeastOne("pool-size", f.PoolSize)
@@ -370,6 +380,7 @@ type benchReport struct {
 	Latency    []latencyRow    `json:"latency,omitempty"`
 	Backlog    []backlogRow    `json:"backlog,omitempty"`
 	Ceiling    []ceilingRow    `json:"ceiling,omitempty"`
+	Lanes      []lanesRow      `json:"lanes,omitempty"`
 	Notes      []string        `json:"notes,omitempty"`
 	Problems   []string        `json:"problems,omitempty"`
 }
@@ -457,6 +468,8 @@ func Run(ctx context.Context, opts Options, out, log io.Writer) error {
 					err = b.backlogMode(ctx, size, dur)
 				case "ceiling":
 					err = b.ceilingMode(ctx, size, dur)
+				case "lanes":
+					err = b.lanesMode(ctx, size, dur)
 				}
 				if err != nil {
 					if ctx.Err() != nil {
@@ -2027,6 +2040,9 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		for _, r := range rep.Backlog {
 			fmt.Fprintf(w, "- %s %s: %.1f MiB %s\n", r.Size, r.Durability, r.Median.WorkerPeakRSSMiB, verdict(r.Median.WorkerPeakRSSMiB < 100))
 		}
+	}
+	if len(rep.Lanes) > 0 {
+		printLanes(w, rep)
 	}
 	if len(rep.Ceiling) > 0 {
 		printCeiling(w, rep)

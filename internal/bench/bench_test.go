@@ -570,3 +570,30 @@ func TestOptionsUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchLanes runs the lanes mode small: every lane's messages are sent
+// once, urgent and normal ones arrive while bulk drains, and each lane has
+// its delays.
+func TestBenchLanes(t *testing.T) {
+	rep := benchRun(t, func(o *Options) {
+		o.Mode, o.LanesBacklog, o.UrgentRate, o.NormalRate, o.Duration, o.Runs = "lanes", 1500, 20, 50, time.Second, 1
+	})
+	if len(rep.Lanes) != 1 || len(rep.Lanes[0].Runs) != 1 {
+		t.Fatalf("lanes rows %+v", rep.Lanes)
+	}
+	r := rep.Lanes[0].Runs[0]
+	want := map[string]int{"urgent": 20, "normal": 50, "bulk": 1500}
+	for _, l := range r.Lanes {
+		if l.Messages != want[l.Lane] {
+			t.Errorf("%s: %d messages, want %d", l.Lane, l.Messages, want[l.Lane])
+		}
+		checkLatency(t, "lanes "+l.Lane, l.Latency)
+		if l.Lane != "bulk" && l.DuringWin == 0 {
+			t.Errorf("%s: nothing sent during the window", l.Lane)
+		}
+	}
+	if r.WindowSeconds < 0.9 || r.BulkShare <= 0 || r.BulkShare > 1 {
+		t.Errorf("window %.2f s, bulk share %g", r.WindowSeconds, r.BulkShare)
+	}
+	checkTable(t, rep, "### Lanes:", 3)
+}

@@ -38,7 +38,7 @@ func newBenchCmd(s stdio) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
-	fs.StringVar(&o.Mode, "mode", o.Mode, "throughput, latency, backlog, ceiling or all")
+	fs.StringVar(&o.Mode, "mode", o.Mode, "throughput, latency, backlog, lanes, ceiling or all")
 	fs.StringVar(&o.Topology, "topology", o.Topology, "processes (server, workers and sink each in a process of its own, as deployed) or inprocess (all in this process)")
 	fs.IntVarP(&o.Messages, "messages", "n", o.Messages, "messages per run (throughput mode)")
 	fs.StringVar(&o.Sizes, "size", o.Sizes, "message size(s), comma-separated, such as 2KB,100KB")
@@ -57,6 +57,9 @@ func newBenchCmd(s stdio) *cobra.Command {
 	fs.StringVar(&o.CeilingReplicas, "ceiling-replicas", o.CeilingReplicas, "stream replicas of the ceiling mode, comma-separated: 1 is one jetmail server, 3 a loopback cluster of three")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server to use (its own durability settings apply); empty starts an embedded one in a temporary folder")
 	fs.BoolVar(&o.JSON, "json", false, "print the results as JSON instead of tables")
+	fs.IntVar(&o.LanesBacklog, "lanes-backlog", o.LanesBacklog, "bulk requests of the lanes mode's backlog")
+	fs.Float64Var(&o.UrgentRate, "urgent-rate", o.UrgentRate, "urgent requests per second the lanes mode publishes for --duration")
+	fs.Float64Var(&o.NormalRate, "normal-rate", o.NormalRate, "normal requests per second the lanes mode publishes for --duration")
 	fs.StringArrayVar(&o.WorkerArgs, "worker-arg", nil, "another flag for every jetmail worker process, such as --worker-arg=--index-dir=none (repeatable)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of this process in the first end-to-end phase to this file (with --topology processes: the publisher and result reader)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "longest a single phase may take")
