@@ -313,6 +313,7 @@ type Worker struct {
 	checker      *suppress.Checker // its in-memory copy, for the hot path
 	results      jetstream.Stream  // for dedupe look-ups (direct get)
 	cancels      *cancelSet        // the cancellation marks
+	holding      holdSet           // the requests being handled, by stream sequence
 	ready        atomic.Bool
 
 	// onDecision, when set by tests, is called after each message is
