@@ -71,15 +71,27 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 // however many times it arrives; a subscriber may see the event twice. The
 // try timeout is well above a loaded server's acknowledgement time (fsync
 // per write included), so that this is rare.
+//
+// The PubAck of a try after one whose answer was lost says Duplicate when
+// that lost try was stored (a publish buffered while NATS was away is
+// stored once it is back): publishDurable then clears Duplicate, since the
+// message was stored by this call, and the caller counts it.
 func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	lost := false // a try got no answer: it may have been stored
 	for {
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 		ack, err := w.js.PublishMsg(tctx, m)
 		tcancel()
+		if err == nil && ack.Duplicate && lost {
+			ack.Duplicate = false
+		}
 		if err == nil || isWrongLastSequence(err) {
 			return ack, err
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			lost = true
 		}
 		select {
 		case <-ctx.Done():
