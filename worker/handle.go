@@ -37,6 +37,9 @@ type job struct {
 	// stopProgress stops the progress acks; settle calls it before the
 	// ack verb, handle when it returns.
 	stopProgress func()
+	// stop is closed when the worker's grace period is over: publishes
+	// that get no answer stop being tried (publishDurable).
+	stop <-chan struct{}
 }
 
 // handle takes one message from decoding to settling: it gathers the
@@ -47,7 +50,7 @@ type job struct {
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	w.metrics.Inflight.Inc()
 	defer w.metrics.Inflight.Dec()
-	j := &job{msg: msg, data: msg.Data(), stopProgress: func() {}}
+	j := &job{msg: msg, data: msg.Data(), stopProgress: func() {}, stop: ctx.Done()}
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.ErrorContext(ctx, "message without JetStream metadata", "subject", msg.Subject(), "error", err)
