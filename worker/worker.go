@@ -450,6 +450,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.ready.Store(true)
 	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
 	bg.Go(func() { w.watchPending(bgCtx, top) })
+	bg.Go(func() { w.mirrorReady(bgCtx) })
 
 	// Handlers outlive ctx by up to GracePeriod.
 	hctx, cancelHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
