@@ -78,11 +78,10 @@ type Proc struct {
 	dir  string
 	logs string
 
-	mu    sync.Mutex
-	cmd   *exec.Cmd
-	done  chan struct{} // closed when cmd has exited
-	runs  int
-	pause bool
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	runs int
 }
 
 // StartProc starts a nats-server process with JetStream (-js) on a free
@@ -143,7 +142,7 @@ func (p *Proc) Start() {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	p.cmd, p.done, p.pause = cmd, done, false
+	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
 	p.waitJetStream(30 * time.Second)
 }
@@ -189,17 +188,17 @@ func (p *Proc) Kill() {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
-	p.cmd, p.done, p.pause = nil, nil, false
+	p.cmd, p.done = nil, nil
 }
 
 // Freeze stops the process with SIGSTOP: its sockets stay open and the
 // kernel keeps accepting bytes for it, but nothing answers.
-func (p *Proc) Freeze() { p.signal(syscall.SIGSTOP, true) }
+func (p *Proc) Freeze() { p.signal(syscall.SIGSTOP) }
 
 // Thaw lets a frozen process go on (SIGCONT).
-func (p *Proc) Thaw() { p.signal(syscall.SIGCONT, false) }
+func (p *Proc) Thaw() { p.signal(syscall.SIGCONT) }
 
-func (p *Proc) signal(sig syscall.Signal, pause bool) {
+func (p *Proc) signal(sig syscall.Signal) {
 	p.t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -209,7 +208,6 @@ func (p *Proc) signal(sig syscall.Signal, pause bool) {
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		p.t.Fatalf("signal %v: %v", sig, err)
 	}
-	p.pause = pause
 }
 
 // Running reports whether the process runs (frozen or not).
