@@ -751,7 +751,8 @@ func (b *bencher) startServer(durability string) (*benchServer, error) {
 	if b.f.NATSURL != "" {
 		tag := strings.ToUpper(runTag())
 		names := schema.Names{Prefix: "jmbench" + strings.ToLower(tag), RequestStream: "JMBENCH_" + tag + "_REQUESTS",
-			ResultStream: "JMBENCH_" + tag + "_RESULTS", DeadStream: "JMBENCH_" + tag + "_DEAD", Consumer: "jmbench-" + tag}
+			ResultStream: "JMBENCH_" + tag + "_RESULTS", DeadStream: "JMBENCH_" + tag + "_DEAD", Consumer: "jmbench-" + tag,
+			CancelBucket: "JMBENCH_" + tag + "_CANCELLED", Suppressions: "JMBENCH_" + tag + "_SUPPRESSIONS"}
 		return &benchServer{url: b.f.NATSURL, names: names, cleanup: func() {
 			nc, err := nats.Connect(b.f.NATSURL)
 			if err != nil {
@@ -766,6 +767,9 @@ func (b *bencher) startServer(durability string) (*benchServer, error) {
 			defer cancel()
 			for _, s := range []string{names.RequestStream, names.ResultStream, names.DeadStream} {
 				_ = js.DeleteStream(ctx, s)
+			}
+			for _, b := range []string{names.CancelBucket, names.Suppressions} {
+				_ = js.DeleteKeyValue(ctx, b)
 			}
 		}}, nil
 	}
