@@ -536,6 +536,9 @@ func TestClusterNodeComesBack(t *testing.T) {
 
 	first := streamLeader(t, js)
 	c.Stop(first)
+	if l := streamLeader(t, js); l == first {
+		t.Fatalf("n%d still leads the request stream after it stopped", first+1)
+	}
 	more(200) // the cluster goes on with two nodes
 	c.Start(first)
 	back := time.Now()

@@ -375,6 +375,9 @@ func TestWorkerProcessSIGKILLWebhooksCancels(t *testing.T) {
 		return n >= 40
 	})
 
+	// The receiver has been refusing POSTs: events wait for their retry.
+	jstest.Eventually(t, 30*time.Second, func() bool { hook.mu.Lock(); defer hook.mu.Unlock(); return hook.refused >= 20 })
+
 	cancelled := map[string]bool{}
 	cancelNow := func(id string) {
 		res, err := p.Cancel(ctx, id)
