@@ -62,9 +62,10 @@ func NewNetNS(t testing.TB) *NetNS {
 		{"ip", "netns", "exec", n.Name, "ip", "addr", "add", n.NSAddr + "/30", "dev", nsIf},
 		{"ip", "netns", "exec", n.Name, "ip", "link", "set", nsIf, "up"},
 		{"ip", "netns", "exec", n.Name, "ip", "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", n.Name, "nft", "list", "tables"},
 	} {
 		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			t.Skipf("network partition test: %s: %v: %s (needs CAP_NET_ADMIN)", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+			t.Skipf("network partition test: %s: %v: %s (needs CAP_NET_ADMIN and nftables in the kernel)", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
 	return n
