@@ -7,7 +7,7 @@ package cli
 // stops it the hard or the soft way, starts another, and checks what a
 // user sees: the result events in JETMAIL_RESULTS, the messages at the
 // relay (by Message-ID), and the POSTs at an httptest webhook receiver.
-// Both run in CI as they are (about 10 s and 40 s, mostly waiting for
+// Both run in CI as they are (about 10 s and 20 to 35 s, mostly waiting for
 // SendAt and for the webhook consumer's AckWait):
 //
 //	go test -run '^TestWorkerProcess(SIGTERMScheduled|SIGKILLWebhooksCancels)$' -v ./internal/cli/
@@ -160,7 +160,7 @@ func TestWorkerProcessSIGTERMScheduled(t *testing.T) {
 	}
 
 	now := time.Now()
-	early, late := now.Add(3*time.Second), now.Add(8*time.Second)
+	early, late := now.Add(3*time.Second), now.Add(10*time.Second)
 	var ids []string
 	sendAt := map[string]time.Time{}
 	for i := range 40 {
@@ -335,7 +335,7 @@ func TestWorkerProcessSIGKILLWebhooksCancels(t *testing.T) {
 	}
 
 	var ids, queued, scheduled []string
-	sendAt := time.Now().Add(8 * time.Second)
+	sendAt := time.Now().Add(12 * time.Second)
 	for i := range 20 {
 		id := fmt.Sprintf("ws-%02d", i)
 		ids, scheduled = append(ids, id), append(scheduled, id)
