@@ -1,7 +1,8 @@
 package worker
 
 // Tests of jetmail against NATS faults: the server restarted under a
-// running worker, a node of a three-node JetStream cluster lost, and several
+// running worker, a node of a three-node JetStream cluster lost, a node
+// that comes back and catches up before another is lost, and several
 // workers sharing one consumer.
 //
 // The cluster these tests build is what the README recommends for
@@ -446,4 +447,116 @@ func TestOneFinalResultPerRequest(t *testing.T) {
 	if got := testutil.ToFloat64(b.worker.metrics.Results.WithLabelValues("sent", "200")); got != 3 {
 		t.Errorf("results_total{sent} = %v, want 3 (the dropped duplicates are not counted)", got)
 	}
+}
+
+// replicasCurrent reports whether the request and result streams and the
+// lanes' consumers have a leader and two replicas that are current, online
+// and not lagging: a node that came back has caught up.
+func replicasCurrent(js jetstream.JetStream) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var clusters []*jetstream.ClusterInfo
+	for _, name := range []string{"JETMAIL_REQUESTS", "JETMAIL_RESULTS"} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return false
+		}
+		clusters = append(clusters, s.CachedInfo().Cluster)
+	}
+	for _, l := range config.Lanes {
+		c, err := js.Consumer(ctx, "JETMAIL_REQUESTS", schema.DefaultNames().LaneConsumer(l))
+		if err != nil {
+			return false
+		}
+		clusters = append(clusters, c.CachedInfo().Cluster)
+	}
+	for _, ci := range clusters {
+		if ci == nil || ci.Leader == "" || len(ci.Replicas) != 2 {
+			return false
+		}
+		for _, r := range ci.Replicas {
+			if !r.Current || r.Offline || r.Lag != 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// streamLeader is the index of the node that leads the request stream.
+func streamLeader(t *testing.T, js jetstream.JetStream) int {
+	t.Helper()
+	var leader string
+	jstest.Eventually(t, 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, "JETMAIL_REQUESTS")
+		if err != nil || s.CachedInfo().Cluster == nil {
+			return false
+		}
+		leader = s.CachedInfo().Cluster.Leader
+		return leader != ""
+	})
+	var i int
+	if _, err := fmt.Sscanf(leader, "n%d", &i); err != nil {
+		t.Fatalf("leader %q", leader)
+	}
+	return i - 1
+}
+
+// TestClusterNodeComesBack stops the node that leads the request stream
+// of a three-node cluster while requests flow in and a worker delivers
+// them, starts it again, waits until it has caught up (the streams' and
+// consumers' replicas on it current, no lag), then stops the node that
+// leads now. With the first node caught up the cluster keeps its quorum,
+// so nothing is lost: every acknowledged request ends with one final
+// result.
+func TestClusterNodeComesBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node JetStream clusters take several seconds to form; run without -short")
+	}
+	t.Parallel()
+	c := jstest.StartCluster(t)
+	srv := smtptest.NewServer(t)
+	srv.AddFault(smtptest.Fault{Cmd: "DATA", Delay: 10 * time.Millisecond})
+	const concurrency = 8
+	b := &testBundle{}
+	b.nc, b.js = jstest.Connect(t, c.URLs())
+	b.startWorker(t, Config{
+		Concurrency: concurrency, AckWait: 2 * time.Second, Replicas: 3, Retry: fastRetry(8),
+		Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
+	})
+	_, js := jstest.Connect(t, c.URLs())
+	ld := startLoad(t, c.URLs(), "back", 4*time.Millisecond)
+	more := func(k int) {
+		n := ld.count() + k
+		jstest.Eventually(t, 60*time.Second, func() bool { return ld.count() >= n })
+	}
+	more(200)
+
+	first := streamLeader(t, js)
+	c.Stop(first)
+	if l := streamLeader(t, js); l == first {
+		t.Fatalf("n%d still leads the request stream after it stopped", first+1)
+	}
+	more(200) // the cluster goes on with two nodes
+	c.Start(first)
+	back := time.Now()
+	jstest.Eventually(t, 90*time.Second, func() bool { return replicasCurrent(js) })
+	caughtUp := time.Since(back)
+	second := streamLeader(t, js)
+	if second == first {
+		second = (first + 1) % 3
+	}
+	c.Stop(second)
+	stopped := time.Now()
+	more(200)
+	ids, again := ld.finish(t)
+	dups, finalAt := finishFault(t, b, js, srv, ids, 2*time.Minute)
+	// Each leader change may hand out again what the worker held.
+	if dups > 2*2*concurrency {
+		t.Errorf("%d duplicates, more than the worker can hold over two leader changes", dups)
+	}
+	t.Logf("stopped n%d, started it again: caught up after %v; stopped n%d: %d requests (%d published again), all final %v after the second stop; %d duplicates",
+		first+1, caughtUp.Round(time.Millisecond), second+1, len(ids), again, finalAt.Sub(stopped).Round(time.Millisecond), dups)
 }

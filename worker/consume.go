@@ -229,7 +229,12 @@ func (w *Worker) watchPending(ctx context.Context, top *config.Topology) {
 			info, err := top.Consumers[l].Info(ictx)
 			cancel()
 			if err != nil {
+				// Not ready at once: with NATS frozen or cut off each
+				// look-up takes its whole timeout.
 				ok = false
+				if ctx.Err() == nil {
+					w.ready.Store(false)
+				}
 				continue
 			}
 			w.metrics.QueuePending.WithLabelValues(string(l)).Set(float64(info.NumPending))
@@ -243,9 +248,22 @@ func (w *Worker) watchPending(ctx context.Context, top *config.Topology) {
 		}
 		if ok {
 			w.ready.Store(true)
-		} else if ctx.Err() == nil {
-			w.ready.Store(false)
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// mirrorReady keeps jetmail_ready equal to what /readyz answers, once a
+// second until ctx ends. (A round of watchPending's look-ups takes 20 s
+// when NATS does not answer, too long to wait for.)
+func (w *Worker) mirrorReady(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
 		if w.Ready() {
 			w.metrics.Ready.Set(1)
 		} else {

@@ -139,13 +139,15 @@ type decision struct {
 //	over max attempts     failed 500                      yes   Term       —
 //	scheduled             scheduled 202 (+SendAt), parked —     Ack        scheduled
 //	all suppressed        failed 403 (+Recipients)        —     Term       —
-//	send                  accepted 202 on attempt 1       —     (send)     accepted on attempt 1
+//	send                  accepted 202 on attempt 1 (*)   —     (send)     accepted with it
 //	shutdown during send  —                               —     Nak        —
 //	sent                  sent 200 (+Recipients)          —     Ack        —
 //	sent, some to retry   deferred 202, Recipients 200/202 —    NakDelay   —
 //	transient, retry      deferred 202, NextAttemptAt     —     NakDelay   —
 //	transient, exhausted  failed 500 (401 for auth)       yes   Term       —
 //	permanent             failed 403/404/500              yes   Term       —
+//
+// (*) or on a later delivery when no event is stored yet.
 //
 // The rows after an attempt also name the recipients that bounced (the
 // server refused them as unknown), which settle adds to the suppression
@@ -198,7 +200,11 @@ func decide(f facts, p RetryPolicy) decision {
 		return fail(rowSuppressed, schema.Status403, fmt.Sprintf("every recipient is on the suppression list (%d suppressed)", len(f.suppressed)), false, "")
 	case !f.attempted:
 		d := decision{row: rowSend, verb: verbSend}
-		if f.attempt == 1 {
+		// Accepted comes before the first SMTP attempt: on the first
+		// delivery, and on a later one when no event is stored yet (the
+		// first delivery was lost with a connection, or its worker died
+		// before it could publish anything).
+		if f.attempt == 1 || f.last == nil {
 			ev.State, ev.Status, ev.Envelope = schema.StateAccepted, schema.Status202, f.envelope
 			d.event, d.outcome = &ev, "accepted"
 		}

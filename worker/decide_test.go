@@ -110,6 +110,7 @@ func TestDecide(t *testing.T) {
 			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "manual"}}
 		}), want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
 		{"the waiting recipient is now suppressed, another took it: send (nothing)", base(2, func(f *facts) {
+			f.last = &lastEvent{state: schema.StateDeferred}
 			f.prior = []schema.RecipientResult{{Address: "a@x", Status: 200}, {Address: "b@x", Status: 202}}
 			f.suppressed = []schema.RecipientResult{{Address: "b@x", Status: 403, Suppressed: true, Reason: "manual"}}
 		}), want{row: rowSend, verb: verbSend}},
@@ -119,8 +120,10 @@ func TestDecide(t *testing.T) {
 		}), want{rowSuppressed, schema.StateFailed, 403, false, verbTerm, ""}},
 		{"first attempt: accepted", base(1, func(f *facts) { f.envelope = envelope }),
 			want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
-		{"a retry: no second accepted", base(2, func(*facts) {}),
+		{"a retry: no second accepted", base(2, func(f *facts) { f.last = &lastEvent{state: schema.StateDeferred} }),
 			want{row: rowSend, verb: verbSend}},
+		{"a later delivery with no event stored yet: accepted", base(2, func(*facts) {}),
+			want{rowSend, schema.StateAccepted, 202, false, verbSend, "accepted"}},
 		{"grace period ran out during the send", base(1, func(f *facts) {
 			f.attempted, f.shutdown, f.failure = true, true, transient
 		}), want{row: rowShutdown, verb: verbNak}},

@@ -52,7 +52,7 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 	if err != nil {
 		return err
 	}
-	ack, err := w.publishDurable(ctx, m)
+	ack, err := w.publishDurable(ctx, j.stop, m)
 	if err != nil {
 		return fmt.Errorf("publish %s result: %w", ev.State, err)
 	}
@@ -62,24 +62,51 @@ func (w *Worker) publishResult(ctx context.Context, j *job, ev *schema.Result) e
 	return nil
 }
 
-// publishDurable stores m and waits for JetStream's acknowledgement, for up
-// to 30s (progress acks keep the request meanwhile). A try that gets no
-// answer within 5s is made again: the request may have been lost with a
-// connection to a node that went away, or sent while a stream leader was
-// being elected, and giving up would leave a sent message to be redelivered
-// and sent again. m carries a Nats-Msg-Id, so JetStream stores it once
-// however many times it arrives; a subscriber may see the event twice. The
-// try timeout is well above a loaded server's acknowledgement time (fsync
-// per write included), so that this is rare.
-func (w *Worker) publishDurable(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+// publishDurable stores m and waits for JetStream's acknowledgement. A try
+// that gets no answer within 5s is made again: the request may have been
+// lost with a connection to a node that went away, or sent while a stream
+// leader was being elected, or NATS may be away or frozen. m carries a
+// Nats-Msg-Id, so JetStream stores it once however many times it arrives;
+// a subscriber may see the event twice. The try timeout is well above a
+// loaded server's acknowledgement time (fsync per write included), so that
+// this is rare.
+//
+// Tries that JetStream answers with an error are made for up to 30s. Tries
+// that get no answer at all go on for as long as that lasts (progress acks
+// keep the request meanwhile), until ctx ends, or, once 30s have passed,
+// until stop is closed (the worker's grace period is over): giving up
+// while NATS is away would leave a sent message to be redelivered and
+// sent again when it is back.
+//
+// The PubAck of a try after one whose answer was lost says Duplicate when
+// that lost try was stored (a publish buffered while NATS was away is
+// stored once it is back): publishDurable then clears Duplicate, since the
+// message was stored by this call, and the caller counts it.
+func (w *Worker) publishDurable(ctx context.Context, stop <-chan struct{}, m *nats.Msg) (*jetstream.PubAck, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	lost := false // a try got no answer: it may have been stored
 	for {
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 		ack, err := w.js.PublishMsg(tctx, m)
 		tcancel()
-		if err == nil || isWrongLastSequence(err) {
+		if err == nil && ack.Duplicate && lost {
+			ack.Duplicate = false
+		}
+		if err == nil || isWrongLastSequence(err) || w.js.Conn().IsClosed() {
 			return ack, err
+		}
+		timedOut := ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
+		lost = lost || timedOut
+		noAnswer := timedOut || !w.js.Conn().IsConnected()
+		if time.Now().After(deadline) {
+			select {
+			case <-stop:
+				return nil, err
+			default:
+			}
+			if !noAnswer {
+				return nil, err
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -104,7 +131,7 @@ func (w *Worker) publishClaim(ctx context.Context, j *job, ev *schema.Result, ex
 		return 0, err
 	}
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
-	ack, err := w.publishDurable(ctx, m)
+	ack, err := w.publishDurable(ctx, j.stop, m)
 	switch {
 	case isWrongLastSequence(err):
 		return 0, errClaimLost
@@ -145,7 +172,7 @@ func (w *Worker) publishSchedule(ctx context.Context, j *job, sendAt time.Time) 
 	m.Header.Set("Nats-Schedule", "@at "+sendAt.UTC().Format(time.RFC3339Nano))
 	m.Header.Set("Nats-Schedule-Target", j.msg.Subject())
 	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.schedule.%d", j.id, j.seq))
-	if _, err := w.publishDurable(ctx, m); err != nil {
+	if _, err := w.publishDurable(ctx, j.stop, m); err != nil {
 		return fmt.Errorf("park until %s: %w", sendAt.Format(time.RFC3339), err)
 	}
 	return nil
@@ -164,7 +191,7 @@ func (w *Worker) publishDead(ctx context.Context, j *job, final *schema.Result) 
 	m := nats.NewMsg(w.cfg.Names.DeadSubject(j.id))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.dead.%d", j.id, j.seq))
-	if _, err := w.publishDurable(ctx, m); err != nil {
+	if _, err := w.publishDurable(ctx, j.stop, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}
 	w.metrics.DeadLetters.Inc()

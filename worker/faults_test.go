@@ -526,3 +526,71 @@ func TestFaultPartialRecipients(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultRelayStallsOneMessage: the relay takes the whole of one message
+// and then stalls longer than the connection's timeout before it answers
+// (and keeps the message), while other messages go through other
+// sessions. The stalled message is deferred, marked Uncertain, and sent on
+// the retry; the others finish while it is still stalled, and one copy of
+// the stalled message is the relay's (SMTP's unavoidable duplicate).
+func TestFaultRelayStallsOneMessage(t *testing.T) {
+	t.Parallel()
+	const timeout, stall = 3 * time.Second, 5 * time.Second
+	srv := smtptest.NewServer(t)
+	srv.AddFault(smtptest.Fault{Cmd: "DATA", Match: "stalled@example.com", Delay: stall, Times: 1})
+	b := smtpBundle(t, srv, Config{Concurrency: 4, Retry: fastRetry(5),
+		Connections: map[string]config.SMTP{"default": {Timeout: timeout, PoolSize: 4}}})
+	b.results = jstest.StoredResults(t, b.js, "")
+
+	b.publish(t, mailReq("stalled", "stalled@example.com"), "stalled")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.WaitFaultHits(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	stalledAt := time.Now()
+	const others = 30
+	var ids []string
+	for i := range others {
+		id := fmt.Sprintf("flow%02d", i)
+		ids = append(ids, id)
+		b.publish(t, mailReq(id), id)
+	}
+	b.results.WaitUntil(t, 2*time.Minute, "the other messages", func(events func(string) []schema.Result) bool {
+		for _, id := range ids {
+			if ev := events(id); len(ev) == 0 || !ev[len(ev)-1].Final() {
+				return false
+			}
+		}
+		return true
+	})
+	othersDone := time.Since(stalledAt)
+	if ev := b.results.Events("stalled"); len(ev) != 1 || ev[0].State != schema.StateAccepted {
+		t.Fatalf("the other messages finished %v into the stall, the stalled one has events %v: want only accepted while it stalls", othersDone, states(ev))
+	}
+	for _, id := range ids {
+		if fin, _ := b.results.Final(t, id); fin.State != schema.StateSent || fin.Attempt != 1 {
+			t.Errorf("%s: %+v, want sent on the first attempt", id, fin)
+		}
+	}
+
+	fin, events := b.results.Final(t, "stalled")
+	if diff := cmp.Diff([]string{"accepted/202@1", "deferred/202@1", "sent/200@2"}, states(events)); diff != "" {
+		t.Fatalf("stalled message: events (-want +got):\n%s", diff)
+	}
+	if d := events[1]; !d.Uncertain || !strings.Contains(d.Error, "timeout") {
+		t.Errorf("deferred event %+v: want Uncertain and a timeout in Error", d)
+	}
+	msgs := waitMessages(t, srv, others+2) // the retry, and the stalled copy once the stall is over
+	counts := sinkCounts(t, msgs)
+	for _, id := range ids {
+		if counts["<"+id+".jetmail@example.com>"] != 1 {
+			t.Errorf("%s: %d copies", id, counts["<"+id+".jetmail@example.com>"])
+		}
+	}
+	if got := testutil.ToFloat64(b.worker.metrics.Uncertain.WithLabelValues("default")); got != 1 {
+		t.Errorf("jetmail_uncertain_total = %v, want 1", got)
+	}
+	t.Logf("one message stalled %s, past the %s timeout: the %d others finished %v into the stall; it was sent on attempt %d; %d copies of it at the relay (one is the stalled transaction's)",
+		stall, timeout, others, othersDone.Round(time.Millisecond), fin.Attempt, counts[fin.MessageId])
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +37,9 @@ type job struct {
 	// stopProgress stops the progress acks; settle calls it before the
 	// ack verb, handle when it returns.
 	stopProgress func()
+	// stop is closed when the worker's grace period is over: publishes
+	// that get no answer stop being tried (publishDurable).
+	stop <-chan struct{}
 }
 
 // handle takes one message from decoding to settling: it gathers the
@@ -46,7 +50,7 @@ type job struct {
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	w.metrics.Inflight.Inc()
 	defer w.metrics.Inflight.Dec()
-	j := &job{msg: msg, data: msg.Data(), stopProgress: func() {}}
+	j := &job{msg: msg, data: msg.Data(), stopProgress: func() {}, stop: ctx.Done()}
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.ErrorContext(ctx, "message without JetStream metadata", "subject", msg.Subject(), "error", err)
@@ -54,6 +58,17 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	j.seq, j.attempt, j.firstSeen = meta.Sequence.Stream, int(meta.NumDelivered), meta.Timestamp
+	if !w.holding.take(j.seq) {
+		// JetStream handed out again a request that a handler here still
+		// works on: its AckWait ran out while NATS was away or frozen and
+		// the progress acks could not reach it. Working on the copy too
+		// would send the message twice; the handler that holds it settles
+		// it (acks name the stream sequence, not the delivery), and if it
+		// cannot, JetStream hands the request out again after AckWait.
+		w.log.InfoContext(ctx, "redelivered while still in hand; leaving the copy", "seq", j.seq, "attempt", j.attempt)
+		return
+	}
+	defer w.holding.release(j.seq)
 	// Progress acks run until the message is settled, not only during the
 	// SMTP session: storing the result may take a while too (a NATS node
 	// lost, a leader elected), and JetStream must not hand the message to
@@ -182,6 +197,34 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		span.SetAttributes(attribute.String("jetmail.state", string(ev.State)), attribute.Int("jetmail.status", int(ev.Status)))
 	}
 	w.settle(ctx, j, d)
+}
+
+// holdSet is the set of requests a worker is handling, by stream
+// sequence. It is safe for concurrent use; the zero value is empty.
+type holdSet struct {
+	mu   sync.Mutex
+	seqs map[uint64]struct{}
+}
+
+// take adds seq and reports whether it was not there yet.
+func (h *holdSet) take(seq uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.seqs[seq]; ok {
+		return false
+	}
+	if h.seqs == nil {
+		h.seqs = map[uint64]struct{}{}
+	}
+	h.seqs[seq] = struct{}{}
+	return true
+}
+
+// release removes seq.
+func (h *holdSet) release(seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.seqs, seq)
 }
 
 // skipSuppressed takes the suppressed recipients out of to (contract §9)

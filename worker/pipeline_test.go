@@ -336,13 +336,18 @@ func TestPipelineReusesConnections(t *testing.T) {
 func TestPipelineMetricsMatchWhatWasSent(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.NewServer(t)
-	srv.AddFault(smtptest.Fault{Cmd: "RCPT", Match: "unknown@example.com", Code: 550, Enhanced: "5.1.1", Message: "no"})
+	// One unknown address per request: the first 550 5.1.1 puts its
+	// address on the suppression list, and a second request to it would
+	// be suppressed (403) instead of refused (404) when it comes later.
+	for i := range 3 {
+		srv.AddFault(smtptest.Fault{Cmd: "RCPT", Match: fmt.Sprintf("unknown%d@example.com", i), Code: 550, Enhanced: "5.1.1", Message: "no"})
+	}
 	b := smtpBundle(t, srv, Config{})
 	for i := range 10 {
 		b.publish(t, map[string]any{"Id": fmt.Sprintf("ok%d", i), "To": "a@example.com", "Body": "b"}, "")
 	}
 	for i := range 3 {
-		b.publish(t, map[string]any{"Id": fmt.Sprintf("bad%d", i), "To": "unknown@example.com", "Body": "b"}, "")
+		b.publish(t, map[string]any{"Id": fmt.Sprintf("bad%d", i), "To": fmt.Sprintf("unknown%d@example.com", i), "Body": "b"}, "")
 	}
 	b.publishRaw(t, []byte(`{}`), "invalid0")
 	b.results.FinalsAtLeast(t, 14, 20*time.Second)

@@ -138,7 +138,9 @@ type tally struct {
 	cond     *sync.Cond
 	finals   map[string]int
 	final    map[string]schema.State
+	lane     map[string]schema.Lane // of the final result (storedTally)
 	deferred int
+	events   int // storedTally
 }
 
 func watchTally(t testing.TB, nc *nats.Conn) *tally {
@@ -190,4 +192,208 @@ func (l *tally) wait(t testing.TB, n int, d time.Duration) {
 		}
 		l.cond.Wait()
 	}
+}
+
+// TestSoakLanes is the soak across the lanes, with two workers on one
+// server: 10% of the requests urgent (mail.urgent), 60% normal
+// (mail.send), 30% bulk (mail.bulk), while the SMTP server answers 5% of
+// the ends of DATA with 451 and drops 1% of the connections (half during
+// DATA, half at MAIL). It reads the outcome from the result stream, as a
+// producer would: every request must have exactly one final result, sent,
+// in its own lane; the sum over both workers of
+// jetmail_results_total{state="sent"} must equal the number of distinct
+// Message-IDs at the SMTP server, and that the number of requests.
+// Duplicates at the server are counted and reported.
+//
+// CI sends 1,500. The real soak sends 100,000 (JETMAIL_SOAK_N changes it):
+//
+//	JETMAIL_SOAK=1 go test -run '^TestSoakLanes$' -v -timeout 30m ./worker/
+func TestSoakLanes(t *testing.T) {
+	t.Parallel()
+	n := 1500
+	if os.Getenv("JETMAIL_SOAK") == "1" && !testing.Short() {
+		n = 100000
+		if v := os.Getenv("JETMAIL_SOAK_N"); v != "" {
+			var err error
+			if n, err = strconv.Atoi(v); err != nil || n < 1 {
+				t.Fatalf("JETMAIL_SOAK_N=%q is not a positive number", v)
+			}
+		}
+	}
+	srv := smtptest.NewServer(t)
+	srv.AddFault(smtptest.Fault{Cmd: "DATA", Code: 451, Enhanced: "4.3.0", Message: "soak: try again later", Probability: 0.05})
+	srv.AddFault(smtptest.Fault{Cmd: "DATA", Drop: true, Probability: 0.005})
+	srv.AddFault(smtptest.Fault{Cmd: "MAIL", Drop: true, Probability: 0.005})
+
+	js := jstest.Start(t).NATS()
+	var workers []*testBundle
+	for range 2 {
+		b := &testBundle{srv: js}
+		b.nc, b.js = jstest.Connect(t, js.ClientURL())
+		b.startWorker(t, Config{
+			Concurrency: 16,
+			Retry:       RetryPolicy{Initial: 2 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxInterval: 50 * time.Millisecond, MaxAttempts: 20, MaxAge: time.Hour},
+			Connections: map[string]config.SMTP{"default": {URL: srv.URL(), From: "noreply@example.com", PoolSize: 4}},
+		})
+		workers = append(workers, b)
+	}
+	_, pubJS := jstest.Connect(t, js.ClientURL())
+	tally := storedTally(t, pubJS)
+
+	// The lane of request i: 1 in 10 urgent, 6 normal, 3 bulk.
+	laneOf := func(i int) (schema.Lane, string) {
+		switch i % 10 {
+		case 0:
+			return schema.LaneUrgent, "mail.urgent"
+		case 7, 8, 9:
+			return schema.LaneBulk, "mail.bulk"
+		}
+		return schema.LaneNormal, "mail.send"
+	}
+	id := func(i int) string { return fmt.Sprintf("lane%07d", i) }
+	start := time.Now()
+	var pubs []jetstream.PubAckFuture
+	flush := func() {
+		for _, f := range pubs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				t.Fatalf("publish: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("publish not acknowledged within 30s")
+			}
+		}
+		pubs = pubs[:0]
+	}
+	for i := range n {
+		data, err := json.Marshal(mailReq(id(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, subject := laneOf(i)
+		f, err := pubJS.PublishAsync(subject, data, jetstream.WithMsgID(id(i)))
+		if err != nil {
+			t.Fatalf("publish %s: %v", id(i), err)
+		}
+		if pubs = append(pubs, f); len(pubs) == 1000 {
+			flush()
+		}
+	}
+	flush()
+	published := time.Since(start)
+
+	tally.wait(t, n, time.Duration(n)*10*time.Millisecond+60*time.Second)
+	elapsed := time.Since(start)
+	waitLanesIdle(t, pubJS)
+	if srv.FaultHits() == 0 {
+		t.Fatal("no fault fired")
+	}
+
+	tally.mu.Lock()
+	var multi, notSent, wrongLane []string
+	perLane := map[schema.Lane]int{}
+	for i := range n {
+		want, _ := laneOf(i)
+		switch c := tally.finals[id(i)]; {
+		case c > 1:
+			multi = append(multi, id(i))
+		case c == 0:
+			notSent = append(notSent, id(i)+" none")
+			continue
+		}
+		if st := tally.final[id(i)]; st != schema.StateSent {
+			notSent = append(notSent, id(i)+" "+string(st))
+		}
+		if got := tally.lane[id(i)]; got != want {
+			wrongLane = append(wrongLane, id(i)+" "+string(got))
+		}
+		perLane[want]++
+	}
+	deferred, events := tally.deferred, tally.events
+	tally.mu.Unlock()
+	if len(multi) > 0 || len(notSent) > 0 || len(wrongLane) > 0 {
+		t.Errorf("of %d requests: %d with more than one final result (%.5q), %d not sent (%.5q), %d in the wrong lane (%.5q)",
+			n, len(multi), multi, len(notSent), notSent, len(wrongLane), wrongLane)
+	}
+
+	msgs := srv.Messages()
+	counts := sinkCounts(t, msgs)
+	dups := len(msgs) - len(counts)
+	var sent, ok float64
+	var shares []float64
+	for _, b := range workers {
+		s := testutil.ToFloat64(b.worker.metrics.Results.WithLabelValues("sent", "200"))
+		sent += s
+		shares = append(shares, s)
+		ok += testutil.ToFloat64(b.worker.metrics.SMTPAttempts.WithLabelValues("default", "ok"))
+	}
+	if int(sent) != len(counts) || len(counts) != n {
+		t.Errorf("sum of jetmail_results_total{state=sent} = %v, the SMTP server holds %d distinct Message-IDs, %d were published", sent, len(counts), n)
+	}
+	if int(ok) != len(msgs) {
+		t.Errorf("sum of jetmail_smtp_attempts_total{outcome=ok} = %v, the SMTP server holds %d messages", ok, len(msgs))
+	}
+	t.Logf("soak across the lanes: %d requests (urgent %d, normal %d, bulk %d) in %v (published in %v): %.0f msg/s; two workers sent %v; %d events stored, %d deferred; %d faults fired, %d SMTP connections; %d duplicates at the SMTP server",
+		n, perLane[schema.LaneUrgent], perLane[schema.LaneNormal], perLane[schema.LaneBulk], elapsed.Round(time.Millisecond), published.Round(time.Millisecond),
+		float64(n)/elapsed.Seconds(), shares, events, deferred, srv.FaultHits(), srv.Connections(), dups)
+}
+
+// storedTally counts the result events stored in JETMAIL_RESULTS by Id,
+// without keeping them, for large runs: it reads the stream with an
+// ordered consumer, so it sees each stored event once, and never an event
+// that JetStream refused.
+func storedTally(t testing.TB, js jetstream.JetStream) *tally {
+	t.Helper()
+	l := &tally{finals: map[string]int{}, final: map[string]schema.State{}, lane: map[string]schema.Lane{}}
+	l.cond = sync.NewCond(&l.mu)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, "JETMAIL_RESULTS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := c.Consume(func(m jetstream.Msg) {
+		var r schema.Result
+		if err := json.Unmarshal(m.Data(), &r); err != nil {
+			t.Errorf("stored result not JSON: %v", err)
+			return
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.events++
+		switch {
+		case r.Final():
+			l.finals[r.Id]++
+			l.final[r.Id] = r.State
+			l.lane[r.Id] = r.Lane
+			l.cond.Broadcast()
+		case r.State == schema.StateDeferred:
+			l.deferred++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return l
+}
+
+// waitLanesIdle waits until the consumers of all three lanes hold nothing.
+func waitLanesIdle(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	jstest.Eventually(t, 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for _, l := range config.Lanes {
+			c, err := js.Consumer(ctx, "JETMAIL_REQUESTS", schema.DefaultNames().LaneConsumer(l))
+			if err != nil {
+				return false
+			}
+			info, err := c.Info(ctx)
+			if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+				return false
+			}
+		}
+		return true
+	})
 }

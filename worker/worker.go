@@ -325,6 +325,7 @@ type Worker struct {
 	checker      *suppress.Checker // its in-memory copy, for the hot path
 	results      jetstream.Stream  // for dedupe look-ups (direct get)
 	cancels      *cancelSet        // the cancellation marks
+	holding      holdSet           // the requests being handled, by stream sequence
 	ready        atomic.Bool
 
 	// onDecision, when set by tests, is called after each message is
@@ -461,6 +462,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.ready.Store(true)
 	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
 	bg.Go(func() { w.watchPending(bgCtx, top) })
+	bg.Go(func() { w.mirrorReady(bgCtx) })
 
 	// Handlers outlive ctx by up to GracePeriod.
 	hctx, cancelHandlers := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/mail"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,7 +40,10 @@ func TestWorkerProcessSIGKILL(t *testing.T) {
 		"--ack-wait", "2s",
 		"--http-addr", "127.0.0.1:0", "--log-format", "json"}
 
-	ctx := testCtx(t)
+	// Not testCtx's 15 s: 5,000 messages, a kill and a restart on a
+	// loaded 2-core machine may take longer, and speed is not the point.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
