@@ -46,6 +46,8 @@ type overview struct {
 	Sent, Deferred, Failed int
 	// CatchingUp says that the chart has not read every event yet.
 	CatchingUp bool
+	// Unread says that the chart's first bars were not read.
+	Unread bool
 	// Problems are what could not be read, for the page to say.
 	Problems []string
 	// Time is when the numbers were read.
@@ -143,14 +145,14 @@ func (o *overviewSource) read(ctx context.Context, now time.Time) *overview {
 	if err := o.tally.refresh(ctx, now); err != nil {
 		ov.Problems = append(ov.Problems, problem("the result events", err))
 	}
-	series, behind := o.tally.series(now)
-	ov.CatchingUp = behind
-	for _, b := range series {
+	series, unread, behind := o.tally.series(now)
+	ov.CatchingUp, ov.Unread = behind, unread > 0
+	for _, b := range series[unread:] {
 		ov.Sent += b[countSent]
 		ov.Deferred += b[countDeferred]
 		ov.Failed += b[countFailed]
 	}
-	ov.Chart = drawChart(series, now)
+	ov.Chart = drawChart(series, unread, now)
 	return ov
 }
 
@@ -253,11 +255,12 @@ type chartLabel struct {
 	Anchor string
 }
 
-// drawChart lays out the bars of series, the last bucket being now's.
-func drawChart(series [][countStates]int, now time.Time) chart {
+// drawChart lays out the bars of series, the last bucket being now's; the
+// first unread buckets were not read and are drawn as such.
+func drawChart(series [][countStates]int, unread int, now time.Time) chart {
 	ch := chart{W: 1000, H: 190, Left: 36, Right: 996, Top: 8, Bottom: 166}
 	most := 0
-	for _, b := range series {
+	for _, b := range series[unread:] {
 		most = max(most, b[countSent]+b[countDeferred]+b[countFailed])
 	}
 	ch.Empty = most == 0
@@ -274,6 +277,13 @@ func drawChart(series [][countStates]int, now time.Time) chart {
 	for i, b := range series {
 		x := ch.Left + float64(i)*slot
 		bar := chartBar{X: round1(x + slot*0.14), W: round1(slot * 0.72)}
+		from := start.Add(time.Duration(i) * tallyBucket)
+		if i < unread {
+			bar.Segs = []chartSeg{{Y: ch.Top, H: round1(plotH), Class: "seg-unread"}}
+			bar.Title = from.Format("15:04:05") + "–" + from.Add(tallyBucket).Format("15:04:05") + " UTC: not read (too many events to read at once)"
+			ch.Bars = append(ch.Bars, bar)
+			continue
+		}
 		y := ch.Bottom
 		var parts []string
 		for k := range countStates {
@@ -286,7 +296,6 @@ func drawChart(series [][countStates]int, now time.Time) chart {
 			bar.Segs = append(bar.Segs, chartSeg{Y: round1(y), H: round1(h), Class: classes[k]})
 			parts = append(parts, fmt.Sprintf("%d %s", b[k], what[k]))
 		}
-		from := start.Add(time.Duration(i) * tallyBucket)
 		if len(parts) == 0 {
 			parts = []string{"no events"}
 		}
