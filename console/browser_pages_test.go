@@ -2,6 +2,8 @@ package console
 
 import (
 	"fmt"
+	"math"
+	"os"
 	"net/url"
 	"slices"
 	"strconv"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/jetmail/jetmail/schema"
@@ -21,7 +24,15 @@ import (
 func TestBrowserOverview(t *testing.T) {
 	t.Parallel()
 	tab := newTab(t)
-	s := newStack(t, stackOptions{})
+	s := newStack(t, stackOptions{webhookDown: true})
+	h := os.Getenv("JETMAIL_CONSOLE_HISTORY")
+	if h != "" {
+		d, err := time.ParseDuration(h)
+		if err != nil {
+			t.Fatalf("JETMAIL_CONSOLE_HISTORY: %v", err)
+		}
+		s.history(t, d)
+	}
 	d := s.seed(t)
 
 	do(t, tab, chromedp.Navigate(s.url+"/ui/"))
@@ -32,7 +43,7 @@ func TestBrowserOverview(t *testing.T) {
 	// The worker's open SMTP sessions, as its heartbeat says.
 	waitFor(t, "SMTP connections shown", func() bool { return text(t, tab, "#stat-smtp") != "0" })
 	sent, err := strconv.Atoi(strings.ReplaceAll(text(t, tab, "#stat-sent"), "\u202f", ""))
-	if err != nil || sent != len(d.sent) {
+	if err != nil || (sent != len(d.sent) && h == "") {
 		t.Errorf("sent in the last 15 min: %d (%v), want %d", sent, err, len(d.sent))
 	}
 	if got := text(t, tab, "#stat-scheduled"); got != strconv.Itoa(len(d.scheduled)) {
@@ -44,17 +55,37 @@ func TestBrowserOverview(t *testing.T) {
 			t.Errorf("lanes table %q lacks %s", lanes, l)
 		}
 	}
+	// The webhook whose receiver is down has every event still to deliver.
+	waitText(t, tab, "#webhooks", "crm")
+	waitFor(t, "the webhook backlog shown", func() bool { return text(t, tab, "#stat-backlog") != "0" })
 	bars := run(t, tab, chromedp.Evaluate[int](`document.querySelectorAll('svg.chart rect.seg-sent').length`))
 	if bars == 0 {
 		t.Error("the chart has no bar of sent events")
 	}
 	screenshot(t, tab, "console")
 
+	// Live: a message sent now shows without reloading the page.
+	do(t, tab, chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
+	s.waitState(t, s.publish(t, map[string]any{"Id": "live-1", "To": "live@example.com", "Subject": "live", "Body": "…"}), schema.StateSent)
+	waitFor(t, "the new message counted", func() bool {
+		n, _ := strconv.Atoi(strings.ReplaceAll(text(t, tab, "#stat-sent"), "\u202f", ""))
+		return n == sent+1
+	})
+	if !run(t, tab, chromedp.Evaluate[bool](`window.notReloaded === true`)) {
+		t.Error("the overview reloaded instead of updating its live part")
+	}
+
 	do(t, tab, chromedp.Navigate(s.url+"/ui/messages"))
 	waitText(t, tab, "#messages", d.partial)
 	screenshot(t, tab, "console-messages")
 	do(t, tab, chromedp.Navigate(s.url+"/ui/messages/"+d.partial))
-	waitText(t, tab, "#timeline", "suppressed")
+	if got := waitText(t, tab, "#timeline", "suppressed"); !strings.Contains(got, "ghost@example.net") {
+		t.Errorf("timeline %q does not name the suppressed recipient", got)
+	}
+	do(t, tab, chromedp.Navigate(s.url+"/ui/messages/"+d.deferred[0]), chromedp.WaitVisible(chromedp.ID("cancel")))
+	if got := text(t, tab, "#timeline"); !strings.Contains(got, "451 4.3.0") || !strings.Contains(got, "Next attempt") {
+		t.Errorf("timeline of the deferred message %q lacks its SMTP reply or next attempt", got)
+	}
 	screenshot(t, tab, "console-message")
 	do(t, tab, chromedp.Navigate(s.url+"/ui/dead"))
 	waitText(t, tab, "#dead", d.failed[0])
@@ -62,6 +93,51 @@ func TestBrowserOverview(t *testing.T) {
 	do(t, tab, chromedp.Navigate(s.url+"/ui/suppressions"))
 	waitText(t, tab, "#suppressions", "ghost@example.net")
 	screenshot(t, tab, "console-suppressions")
+
+	// Dark mode, as the system asks for it.
+	if _, err := chromedp.Call(tab, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+		Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(s.url+"/ui/"))
+	waitText(t, tab, "#workers", "ready")
+	if bg := run(t, tab, chromedp.Evaluate[string](`getComputedStyle(document.body).backgroundColor`)); bg != "rgb(15, 18, 23)" {
+		t.Errorf("dark mode background %s, want rgb(15, 18, 23)", bg)
+	}
+	screenshot(t, tab, "console-dark")
+}
+
+// history publishes traffic in waves for d, so that the overview's chart
+// has a past: how docs/console.png is made, with
+//
+//	JETMAIL_CONSOLE_HISTORY=8m JETMAIL_CONSOLE_SHOTS=docs go test -timeout 20m -run TestBrowserOverview ./console
+func (s *stack) history(t *testing.T, d time.Duration) {
+	t.Helper()
+	for i := range 12 {
+		s.smtp.AddFault(smtptest.Fault{Cmd: "RCPT", Match: fmt.Sprintf("gone%02d@example.net", i), Code: 550, Enhanced: "5.1.1", Message: "User unknown"})
+		s.smtp.AddFault(smtptest.Fault{Cmd: "RCPT", Match: fmt.Sprintf("busy%02d@slow.example", i), Code: 451, Enhanced: "4.7.1", Message: "Try again later"})
+	}
+	n := 0
+	for wave := 0; time.Duration(wave)*10*time.Second < d; wave++ {
+		count := 14 + int(10*math.Sin(float64(wave)/4)) + wave%3*3
+		for range count {
+			n++
+			req := map[string]any{"Id": fmt.Sprintf("h-%05d", n), "To": fmt.Sprintf("customer%04d@example.com", n%997), "From": "shop@acme.example",
+				"Subject": fmt.Sprintf("Your receipt #%d", 20000+n), "Body": "…"}
+			switch {
+			case n%17 == 0:
+				req["To"] = fmt.Sprintf("gone%02d@example.net", n%12)
+			case n%23 == 0:
+				req["To"] = fmt.Sprintf("busy%02d@slow.example", n%12)
+			case n%3 == 0:
+				req["Priority"], req["BatchId"], req["Subject"] = "bulk", "weekly-digest-19", "Your weekly digest"
+			case n%11 == 0:
+				req["Priority"], req["Subject"] = "urgent", "Your sign-in code"
+			}
+			s.publish(t, req)
+		}
+		time.Sleep(10 * time.Second)
+	}
 }
 
 // TestBrowserCancel finds a scheduled message by its recipient, opens it,

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/search"
 	"github.com/jetmail/jetmail/suppress"
+	"github.com/jetmail/jetmail/webhook"
 	"github.com/jetmail/jetmail/worker"
 	"github.com/jetmail/jetmail/worker/smtptest"
 )
@@ -54,6 +56,9 @@ type stackOptions struct {
 	tls    bool // serve over TLS
 	// noSearch runs without a search index.
 	noSearch bool
+	// webhookDown runs a webhook dispatcher whose receiver ("crm")
+	// answers 503, so that its backlog grows.
+	webhookDown bool
 }
 
 // testLogger logs to stderr when JETMAIL_TEST_LOG is set.
@@ -112,6 +117,18 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	jstest.Serve(t, s.worker.Run, s.worker.Ready)
 	if s.index != nil {
 		jstest.Serve(t, func(ctx context.Context) error { return s.index.Run(ctx, s.js, names) }, nil)
+	}
+	if o.webhookDown {
+		crm := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+			http.Error(rw, "down for maintenance", http.StatusServiceUnavailable)
+		}))
+		t.Cleanup(crm.Close)
+		d, err := webhook.New(s.js, names, []webhook.Config{{Name: "crm", URL: crm.URL, Secret: bytes.Repeat([]byte{7}, 32)}},
+			prometheus.NewRegistry(), testLogger(), webhook.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		jstest.Serve(t, d.Run, nil)
 	}
 	if o.tls {
 		s.srv = httptest.NewTLSServer(s.worker.Handler())

@@ -163,8 +163,6 @@ var funcs = template.FuncMap{
 	"num":        formatNum,
 	"stateClass": func(s schema.State) string { return "st-" + string(s) },
 	"final":      func(s schema.State) bool { return s.Final() },
-	"upper":      strings.ToUpper,
-	"join":       strings.Join,
 	"plural":     plural,
 	"at":         func(t, now time.Time) timeAt { return timeAt{T: t, Now: now} },
 	"why": func(s schema.Status) string {
