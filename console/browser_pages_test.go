@@ -3,8 +3,8 @@ package console
 import (
 	"fmt"
 	"math"
-	"os"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
