@@ -163,6 +163,25 @@ func TestMessagePage(t *testing.T) {
 	if page := c.get(res.Header.Get("Location")); !strings.Contains(page.body, "Too late to cancel sent-1: it is already sent.") {
 		t.Errorf("cancelling a sent message does not say it is too late:\n%s", page.body)
 	}
+	// An attempt that ended after the final dot without a reply.
+	next := time.Now().Add(time.Minute)
+	for _, ev := range []schema.Result{
+		{Id: "uncertain-1", Status: 202, State: schema.StateAccepted, Attempt: 1, Time: time.Now(),
+			Envelope: &schema.Envelope{From: "a@example.com", Recipients: []string{"b@example.com"}, Subject: "maybe"}},
+		{Id: "uncertain-1", Status: 202, State: schema.StateDeferred, Attempt: 1, Time: time.Now(), Uncertain: true,
+			Error: "data-close: EOF", NextAttemptAt: &next},
+	} {
+		data, _ := json.Marshal(ev)
+		if _, err := s.js.Publish(t.Context(), "mail.result.uncertain-1", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a = c.get("/ui/messages/uncertain-1")
+	for _, want := range []string{"Uncertain: the connection ended after the message", "data-close: EOF", "maybe", `id="cancel"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the page of an uncertain attempt lacks %q", want)
+		}
+	}
 	if a := c.get("/ui/messages/unknown-id"); a.StatusCode != http.StatusNotFound || !strings.Contains(a.body, "No message has the Id unknown-id") {
 		t.Errorf("unknown Id: %d", a.StatusCode)
 	}
