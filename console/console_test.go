@@ -113,8 +113,11 @@ func TestMessagesPage(t *testing.T) {
 		t.Fatalf("first page: %d messages, next %v; want %d and a link", len(ids), next, pageSize)
 	}
 	second := rows(c.get(strings.ReplaceAll(next[1], "&amp;", "&")))
-	if len(second) != 5 || second[4] != "page-00" || ids[0] != "page-54" {
-		t.Errorf("pages %v + %v, want 50 + 5 newest first", ids, second)
+	// (The order within is the index's, by the first event: the worker
+	// takes several at once, so not quite the order of publishing.)
+	all := slices.Sorted(slices.Values(append(slices.Clone(ids), second...)))
+	if len(second) != 5 || len(slices.Compact(slices.Clone(all))) != 55 || all[0] != "page-00" || all[54] != "page-54" {
+		t.Errorf("pages %v + %v, want 50 + 5, each message once", ids, second)
 	}
 }
 
