@@ -41,7 +41,10 @@ func TestBrowserOverview(t *testing.T) {
 	}
 	waitText(t, tab, "#workers", "ready")
 	// The worker's open SMTP sessions, as its heartbeat says.
-	waitFor(t, "SMTP connections shown", func() bool { return text(t, tab, "#stat-smtp") != "0" })
+	waitFor(t, "SMTP connections shown", func() bool {
+		n, err := textNow(tab, "#stat-smtp")
+		return err == nil && n != "0"
+	})
 	sent, err := strconv.Atoi(strings.ReplaceAll(text(t, tab, "#stat-sent"), "\u202f", ""))
 	if err != nil || (sent != len(d.sent) && h == "") {
 		t.Errorf("sent in the last 15 min: %d (%v), want %d", sent, err, len(d.sent))
@@ -57,7 +60,10 @@ func TestBrowserOverview(t *testing.T) {
 	}
 	// The webhook whose receiver is down has every event still to deliver.
 	waitText(t, tab, "#webhooks", "crm")
-	waitFor(t, "the webhook backlog shown", func() bool { return text(t, tab, "#stat-backlog") != "0" })
+	waitFor(t, "the webhook backlog shown", func() bool {
+		n, err := textNow(tab, "#stat-backlog")
+		return err == nil && n != "0"
+	})
 	bars := run(t, tab, chromedp.Evaluate[int](`document.querySelectorAll('svg.chart rect.seg-sent').length`))
 	if bars == 0 {
 		t.Error("the chart has no bar of sent events")
@@ -68,8 +74,9 @@ func TestBrowserOverview(t *testing.T) {
 	do(t, tab, chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
 	s.waitState(t, s.publish(t, map[string]any{"Id": "live-1", "To": "live@example.com", "Subject": "live", "Body": "…"}), schema.StateSent)
 	waitFor(t, "the new message counted", func() bool {
-		n, _ := strconv.Atoi(strings.ReplaceAll(text(t, tab, "#stat-sent"), "\u202f", ""))
-		return n == sent+1
+		s, err := textNow(tab, "#stat-sent")
+		n, _ := strconv.Atoi(strings.ReplaceAll(s, "\u202f", ""))
+		return err == nil && n == sent+1
 	})
 	if !run(t, tab, chromedp.Evaluate[bool](`window.notReloaded === true`)) {
 		t.Error("the overview reloaded instead of updating its live part")

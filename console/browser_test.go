@@ -100,9 +100,30 @@ func run[T any](t *testing.T, tab context.Context, a chromedp.Action[T]) T {
 }
 
 // text is the text of the first element sel selects, once it is visible.
+// A look that fails is tried again for a while: the live parts of a page
+// replace their elements every few seconds, which can make a node that a
+// query found disappear before its text is read.
 func text(t *testing.T, tab context.Context, sel string) string {
 	t.Helper()
-	return run(t, tab, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := textNow(tab, sel)
+		if err == nil {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("browser: text of %s: %v", sel, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// textNow is the text of the element sel selects, or an error: for polls,
+// which may look while a live part is being replaced.
+func textNow(tab context.Context, sel string) (string, error) {
+	ctx, cancel := context.WithTimeout(tab, 2*time.Second)
+	defer cancel()
+	return chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
 }
 
 // waitText waits until the text of the element sel selects contains want,
@@ -111,11 +132,7 @@ func waitText(t *testing.T, tab context.Context, sel, want string) string {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		got, err := func() (string, error) {
-			ctx, cancel := context.WithTimeout(tab, 2*time.Second)
-			defer cancel()
-			return chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
-		}()
+		got, err := textNow(tab, sel)
 		if err == nil && strings.Contains(got, want) {
 			return got
 		}
