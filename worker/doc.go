@@ -33,6 +33,8 @@
 //     by JetStream before the request is settled.
 //   - metrics.go, embedded.go: the Prometheus collectors, and the embedded
 //     JetStream server of `jetmail worker` without --nats-url.
+//   - heartbeat.go: the worker's heartbeat on mail.worker.heartbeat (core
+//     NATS), which the web console lists the workers by.
 //
 // # Acknowledgement
 //

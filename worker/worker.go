@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
@@ -121,6 +122,10 @@ type Config struct {
 	// same ones (its cancellations in jetmail_cancelled_total). Nil: New
 	// makes them and registers them on its registerer.
 	Metrics *Metrics
+	// HeartbeatInterval is how often a running worker publishes its
+	// schema.Heartbeat on Names.HeartbeatSubject (core NATS), for the web
+	// console's list of workers. Default 5s; negative means none.
+	HeartbeatInterval time.Duration
 }
 
 // DefaultConfig returns the configuration of the contract's defaults.
@@ -142,6 +147,7 @@ func DefaultConfig() Config {
 		SuppressBounceTTL: suppress.DefaultBounceTTL,
 		Limits:            schema.DefaultLimits(),
 		HTTPAddr:          ":8080",
+		HeartbeatInterval: 5 * time.Second,
 	}
 }
 
@@ -200,6 +206,7 @@ func (c Config) withDefaults() Config {
 	dur(&c.ResultMaxAge, d.ResultMaxAge)
 	dur(&c.DeadMaxAge, d.DeadMaxAge)
 	dur(&c.SuppressBounceTTL, d.SuppressBounceTTL)
+	dur(&c.HeartbeatInterval, d.HeartbeatInterval)
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	c.Limits = c.Limits.WithDefaults()
 	return c
@@ -320,6 +327,7 @@ type Worker struct {
 	targets   map[string]*config.Target // by connection, for the spans
 	tracer    trace.Tracer
 	now       func() time.Time
+	id        string // this run's heartbeat Id
 
 	suppressions *suppress.Store   // the suppression list, opened by Run unless given
 	checker      *suppress.Checker // its in-memory copy, for the hot path
@@ -343,7 +351,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, logger *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	w := &Worker{cfg: cfg, js: js, log: logger, metrics: cfg.Metrics, now: time.Now, cancels: newCancelSet()}
+	w := &Worker{cfg: cfg, js: js, log: logger, metrics: cfg.Metrics, now: time.Now, cancels: newCancelSet(), id: nuid.Next()}
 	if w.metrics == nil {
 		w.metrics = NewMetrics(reg)
 	}
@@ -407,6 +415,7 @@ func (w *Worker) Ready() bool { return w.ready.Load() && w.js.Conn().IsConnected
 // returns an error when it cannot start, or when its HTTP server fails
 // (after the same graceful stop).
 func (w *Worker) Run(ctx context.Context) error {
+	started := w.now()
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
 	// Background work (the HTTP server, the SMTP janitor, the queue
@@ -463,6 +472,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer func() { w.ready.Store(false); w.metrics.Ready.Set(0) }()
 	bg.Go(func() { w.watchPending(bgCtx, top) })
 	bg.Go(func() { w.mirrorReady(bgCtx) })
+	bg.Go(func() { w.heartbeat(bgCtx, started) }) // heartbeat.go
 
 	// Handlers outlive ctx by up to GracePeriod.
 	hctx, cancelHandlers := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/console"
 	"github.com/jetmail/jetmail/httpapi"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/suppress"
@@ -54,6 +55,15 @@ func (a *apiTokenFlags) list() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// withConsole serves the web console (package console) on /ui/ and the
+// HTTP API on every other path, as the worker and the gateway do.
+func withConsole(api, con http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/ui/", con)
+	mux.Handle("/", api)
+	return mux
 }
 
 // gatewayFlags are the settings of `jetmail gateway`.
@@ -211,8 +221,13 @@ func (f *gatewayFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) erro
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
+	con, err := console.New(console.Config{Names: f.names(), JS: c.js, Search: idx, Suppressions: store, Tokens: tokens, Logger: logger})
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	defer con.Close()
 	mux := http.NewServeMux()
-	mux.Handle("/", api.Handler())
+	mux.Handle("/", withConsole(api.Handler(), con))
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		if !c.nc.IsConnected() {

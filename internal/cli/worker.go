@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/jetmail/jetmail/config"
+	"github.com/jetmail/jetmail/console"
 	"github.com/jetmail/jetmail/httpapi"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/suppress"
@@ -356,7 +357,13 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
-	cfg.API = api.Handler()
+	con, err := console.New(console.Config{Names: cfg.Names, JS: js, Search: idx, Suppressions: cfg.Suppressions,
+		Tokens: f.api.tokens, Cancelled: cfg.Metrics.Cancelled, Logger: logger})
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	defer con.Close()
+	cfg.API = withConsole(api.Handler(), con)
 	w, err := worker.New(cfg, js, reg, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
