@@ -93,7 +93,23 @@ func TestUrgentOvertakesBulkBacklog(t *testing.T) {
 	}
 	bulk := publish("bulk", "b", 300)
 	waitMessages(t, srv, 10) // the backlog is draining
-	urgent := publish("urgent", "u", 60)
+	// The urgent requests arrive at once, so that the urgent lane has work
+	// all along; published one by one on a loaded machine they would
+	// trickle in, and bulk would rightly take the slots in between.
+	var urgent []string
+	for i := range 60 {
+		id := fmt.Sprintf("u%03d", i)
+		urgent = append(urgent, id)
+		data, _ := json.Marshal(map[string]any{"Id": id, "To": "a@example.com", "Subject": "urgent " + id})
+		if _, err := b.js.PublishAsync("mail.urgent", data, jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("urgent publishes not acknowledged")
+	}
 	for _, id := range urgent {
 		b.results.Final(t, id)
 	}
