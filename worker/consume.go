@@ -168,7 +168,12 @@ func (w *Worker) nextOffer(ctx context.Context, s *laneScheduler) *laneFeed {
 // row of the decision table), so that another worker takes them at once.
 func (w *Worker) pullLane(ctx context.Context, lane schema.Lane, cons jetstream.Consumer, buffer int, offer chan<- jetstream.Msg) {
 	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(buffer), jetstream.PullHeartbeat(5*time.Second))
+		// Pull requests are now and then lost under load (the client then
+		// believes messages are on their way that the server will never
+		// send, nats-io/nats.go#1622); only the missing heartbeats
+		// reveal it, after twice this interval, so keep it short: the
+		// lane stalls for 2 s at most, not 10.
+		it, err := cons.Messages(jetstream.PullMaxMessages(buffer), jetstream.PullHeartbeat(time.Second))
 		if err != nil {
 			w.log.ErrorContext(ctx, "cannot pull; retrying", "lane", lane, "error", err)
 			w.ready.Store(false)
