@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -50,7 +52,7 @@ func Decode(data []byte) (*Request, error) {
 	d.value("Body", &r.Body)
 	d.value("IsHtml", &r.IsHtml)
 	d.value("Importance", &r.Importance)
-	if v, ok := lookupFold(raw, "Attachments"); ok && !isNull(v) {
+	if v, ok := d.lookup("Attachments"); ok && !isNull(v) {
 		// The common case, an array of objects, is decoded in one go; only
 		// when that fails is it taken apart item by item, to name the item
 		// at fault.
@@ -77,7 +79,7 @@ func Decode(data []byte) (*Request, error) {
 			}
 			var a Attachment
 			ad := decoder{obj: obj, prefix: path + ".", errs: d.errs}
-			if v, ok := lookupFold(obj, "ContentData"); !ok || isNull(v) {
+			if v, ok := ad.lookup("ContentData"); !ok || isNull(v) {
 				ad.fail("ContentData", "required")
 			} else {
 				ad.value("ContentData", &a.ContentData)
@@ -118,6 +120,53 @@ type decoder struct {
 	obj    map[string]json.RawMessage
 	prefix string // path of the object, with a trailing dot
 	errs   []FieldError
+	// least maps each lower-case key of an object whose keys are all
+	// ASCII to the least of its spellings; it is built at the first
+	// look-up that needs it, and stays nil for other objects.
+	least map[string]string
+	// unicode is set when obj has a key beyond ASCII, which only
+	// strings.EqualFold matches as lookupFold does.
+	unicode bool
+}
+
+// lookup is lookupFold(d.obj, key), without going through every key of
+// the object for each key the request leaves out.
+func (d *decoder) lookup(key string) (json.RawMessage, bool) {
+	lk := strings.ToLower(key)
+	if v, ok := d.obj[lk]; ok {
+		return v, true
+	}
+	if v, ok := d.obj[key]; ok {
+		return v, true
+	}
+	if d.least == nil && !d.unicode {
+		d.least = make(map[string]string, len(d.obj))
+		for k := range d.obj {
+			if !isASCII(k) {
+				d.least, d.unicode = nil, true
+				break
+			}
+			l := strings.ToLower(k)
+			if cur, ok := d.least[l]; !ok || k < cur {
+				d.least[l] = k
+			}
+		}
+	}
+	if d.unicode {
+		return lookupFold(d.obj, key)
+	}
+	k, ok := d.least[lk]
+	return d.obj[k], ok
+}
+
+// isASCII reports whether s is all ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *decoder) fail(field, msg string) {
@@ -127,13 +176,21 @@ func (d *decoder) fail(field, msg string) {
 // value unmarshals the value of key (matched without regard to case) into
 // target. JSON null leaves target at its zero value.
 func (d *decoder) value(key string, target any) {
-	v, ok := lookupFold(d.obj, key)
+	v, ok := d.lookup(key)
 	if !ok || isNull(v) {
 		return
 	}
-	if sp, ok := target.(*string); ok {
+	switch t := target.(type) {
+	case *string:
 		if str, ok := fastString(v); ok {
-			*sp = str
+			*t = str
+			return
+		}
+	case *AddressList:
+		// What AddressList.UnmarshalJSON does with a string, without
+		// validating the JSON twice more.
+		if str, ok := fastString(v); ok {
+			*t = SplitAddresses(str)
 			return
 		}
 	}
@@ -154,7 +211,7 @@ const errTime = "want an RFC 3339 time with an offset, such as 2026-12-01T09:00:
 // timeValue decodes the value of key as an RFC 3339 time with an offset. JSON
 // null yields nil, as does a value of any other form, which is an error.
 func (d *decoder) timeValue(key string) *time.Time {
-	v, ok := lookupFold(d.obj, key)
+	v, ok := d.lookup(key)
 	if !ok || isNull(v) {
 		return nil
 	}
@@ -171,27 +228,114 @@ func (d *decoder) timeValue(key string) *time.Time {
 	return &t
 }
 
-// fastString decodes a JSON string without escapes straight from its
-// bytes. The payload has already been validated as a whole, so scanning a
-// large Body or ContentData again, as json.Unmarshal would, buys nothing.
-// Strings with escapes or invalid UTF-8 (which encoding/json replaces) are
-// left to json.Unmarshal.
+// fastString decodes a JSON string straight from its bytes. The payload
+// has already been validated as a whole, so scanning a large Body or
+// ContentData again, as json.Unmarshal would, buys nothing. Strings with
+// invalid UTF-8 (which encoding/json replaces byte by byte) are left to
+// json.Unmarshal; FuzzFastString holds the two to the same answer.
 func fastString(v json.RawMessage) (string, bool) {
 	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
 		return "", false
 	}
 	inner := v[1 : len(v)-1]
-	if bytes.IndexByte(inner, '\\') >= 0 || !utf8.Valid(inner) {
+	if !utf8.Valid(inner) {
 		return "", false
 	}
-	return string(inner), true
+	first := bytes.IndexByte(inner, '\\')
+	if first < 0 {
+		return string(inner), true
+	}
+	return unescape(inner, first)
+}
+
+// unescape decodes the escapes of the inside of a JSON string, the first
+// of which is at inner[first], as encoding/json does: a \u escape of a
+// surrogate that does not start a valid pair becomes U+FFFD. It answers
+// false for anything that is not a well-formed escape.
+func unescape(inner []byte, first int) (string, bool) {
+	out := make([]byte, 0, len(inner))
+	out = append(out, inner[:first]...)
+	for i := first; i < len(inner); {
+		c := inner[i]
+		if c != '\\' {
+			j := bytes.IndexByte(inner[i:], '\\')
+			if j < 0 {
+				out = append(out, inner[i:]...)
+				break
+			}
+			out = append(out, inner[i:i+j]...)
+			i += j
+			continue
+		}
+		if i+1 >= len(inner) {
+			return "", false
+		}
+		switch inner[i+1] {
+		case '"', '\\', '/':
+			out = append(out, inner[i+1])
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r := hex4(inner[i+2:])
+			if r < 0 {
+				return "", false
+			}
+			i += 6
+			if utf16.IsSurrogate(r) {
+				if len(inner) >= i+6 && inner[i] == '\\' && inner[i+1] == 'u' {
+					if dec := utf16.DecodeRune(r, hex4(inner[i+2:])); dec != unicode.ReplacementChar {
+						out = utf8.AppendRune(out, dec)
+						i += 6
+						continue
+					}
+				}
+				r = unicode.ReplacementChar
+			}
+			out = utf8.AppendRune(out, r)
+			continue
+		default:
+			return "", false
+		}
+		i += 2
+	}
+	return string(out), true
+}
+
+// hex4 is the value of the four hexadecimal digits b starts with, or -1.
+func hex4(b []byte) rune {
+	if len(b) < 4 {
+		return -1
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }
 
 // stringMap decodes the value of key as an object of strings, naming the
 // entry at fault in errors. Null entries are empty strings. An empty object
 // yields nil.
 func (d *decoder) stringMap(key string) map[string]string {
-	v, ok := lookupFold(d.obj, key)
+	v, ok := d.lookup(key)
 	if !ok || isNull(v) {
 		return nil
 	}
@@ -208,6 +352,8 @@ func (d *decoder) stringMap(key string) map[string]string {
 		var s string
 		if isNull(raw[k]) {
 			m[k] = ""
+		} else if fs, ok := fastString(raw[k]); ok {
+			m[k] = fs
 		} else if err := json.Unmarshal(raw[k], &s); err != nil {
 			d.fail(fmt.Sprintf("%s[%q]", key, k), "want a string, got "+jsonKind(raw[k]))
 		} else {
