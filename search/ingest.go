@@ -289,10 +289,27 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 	st := x.stmts.in(ctx, tx)
 	defer st.close()
 	for _, u := range updates {
+		args := []any{int64(u.first), u.id, u.t0, int64(u.seq), u.state, nullable(u.lane), nullable(u.batch), u.event}
 		if u.envelope != nil {
+			args = append(args, u.subjectLC, u.envelope)
+		}
+		var rowid, t0 int64
+		var lane, batch sql.NullString
+		// Most envelopes are those of a message the index has not seen:
+		// inserting it is one statement, where looking for an earlier
+		// envelope and then upserting are two.
+		inserted := false
+		if u.envelope != nil {
+			switch err := st.insertEnv.QueryRowContext(ctx, args...).Scan(&rowid, &t0, &lane, &batch); {
+			case err == nil:
+				inserted = true
+			case !errors.Is(err, sql.ErrNoRows):
+				return fmt.Errorf("index %s: %w", u.id, err)
+			}
+		}
+		if u.envelope != nil && !inserted {
 			// A message's recipients are those of its latest envelope: drop
 			// those of an earlier one.
-			var rowid, t0 int64
 			var env []byte
 			switch err := st.oldEnv.QueryRowContext(ctx, u.id).Scan(&rowid, &t0, &env); {
 			case errors.Is(err, sql.ErrNoRows):
@@ -304,16 +321,16 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 				}
 			}
 		}
-		// The upserts change only the columns that change with every event,
-		// so that the indexes of the others are left alone.
-		upsert, args := st.upsert, []any{int64(u.first), u.id, u.t0, int64(u.seq), u.state, nullable(u.lane), nullable(u.batch), u.event}
-		if u.envelope != nil {
-			upsert, args = st.upsertEnv, append(args, u.subjectLC, u.envelope)
-		}
-		var rowid, t0 int64
-		var lane, batch sql.NullString
-		if err := upsert.QueryRowContext(ctx, args...).Scan(&rowid, &t0, &lane, &batch); err != nil {
-			return fmt.Errorf("index %s: %w", u.id, err)
+		if !inserted {
+			// The upserts change only the columns that change with every
+			// event, so that the indexes of the others are left alone.
+			upsert := st.upsert
+			if u.envelope != nil {
+				upsert = st.upsertEnv
+			}
+			if err := upsert.QueryRowContext(ctx, args...).Scan(&rowid, &t0, &lane, &batch); err != nil {
+				return fmt.Errorf("index %s: %w", u.id, err)
+			}
 		}
 		if (!lane.Valid && u.lane != "") || (!batch.Valid && u.batch != "") {
 			// Known only from a later event (one before the accepted event
@@ -346,12 +363,13 @@ func (x *Index) apply(ctx context.Context, msgs []jetstream.Msg, subjectPrefix s
 
 // writeStmts are the statements of the writer, prepared once.
 type writeStmts struct {
-	upsert, upsertEnv, setLane, setSubject, insRcpt, oldEnv, delRcpt, delSubject, delMsg *sql.Stmt
+	upsert, upsertEnv, insertEnv, setLane, setSubject, insRcpt, oldEnv, delRcpt, delSubject, delMsg *sql.Stmt
 }
 
 // The statements of writeStmts. An upsert inserts a new message with
 // rowid and t0 of its first event, or updates the columns that change
-// with each event; upsertEnv also the envelope.
+// with each event; upsertEnv also the envelope. insertEnv inserts a
+// message with its envelope only if the index has none of that Id.
 const (
 	upsertSQL = `
 		INSERT INTO messages (rowid, id, t0, seq, state, lane, batch, event)
@@ -363,6 +381,11 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, state = excluded.state, event = excluded.event,
 			subject_lc = excluded.subject_lc, envelope = excluded.envelope
+		RETURNING rowid, t0, lane, batch`
+	insertEnvSQL = `
+		INSERT INTO messages (rowid, id, t0, seq, state, lane, batch, event, subject_lc, envelope)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING
 		RETURNING rowid, t0, lane, batch`
 	setLaneSQL    = `UPDATE messages SET lane = coalesce(lane, ?), batch = coalesce(batch, ?) WHERE rowid = ?`
 	setSubjectSQL = `INSERT INTO subjects (t0, msg, subject_lc) VALUES (?, ?, ?)
@@ -381,7 +404,7 @@ func (x *Index) prepare() error {
 		to  **sql.Stmt
 		sql string
 	}{
-		{&s.upsert, upsertSQL}, {&s.upsertEnv, upsertEnvSQL}, {&s.setLane, setLaneSQL}, {&s.setSubject, setSubjectSQL},
+		{&s.upsert, upsertSQL}, {&s.upsertEnv, upsertEnvSQL}, {&s.insertEnv, insertEnvSQL}, {&s.setLane, setLaneSQL}, {&s.setSubject, setSubjectSQL},
 		{&s.insRcpt, insRcptSQL}, {&s.oldEnv, oldEnvSQL}, {&s.delRcpt, delRcptSQL}, {&s.delSubject, delSubjectSQL},
 		{&s.delMsg, delMsgSQL},
 	} {
@@ -400,7 +423,8 @@ func (x *Index) prepare() error {
 func (s *writeStmts) in(ctx context.Context, tx *sql.Tx) *writeStmts {
 	return &writeStmts{
 		upsert: tx.StmtContext(ctx, s.upsert), upsertEnv: tx.StmtContext(ctx, s.upsertEnv),
-		setLane: tx.StmtContext(ctx, s.setLane), setSubject: tx.StmtContext(ctx, s.setSubject),
+		insertEnv: tx.StmtContext(ctx, s.insertEnv),
+		setLane:   tx.StmtContext(ctx, s.setLane), setSubject: tx.StmtContext(ctx, s.setSubject),
 		insRcpt: tx.StmtContext(ctx, s.insRcpt), oldEnv: tx.StmtContext(ctx, s.oldEnv),
 		delRcpt: tx.StmtContext(ctx, s.delRcpt), delSubject: tx.StmtContext(ctx, s.delSubject),
 		delMsg: tx.StmtContext(ctx, s.delMsg),
@@ -409,7 +433,7 @@ func (s *writeStmts) in(ctx context.Context, tx *sql.Tx) *writeStmts {
 
 func (s *writeStmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.upsert, s.upsertEnv, s.setLane, s.setSubject, s.insRcpt, s.oldEnv, s.delRcpt, s.delSubject, s.delMsg} {
+	for _, st := range []*sql.Stmt{s.upsert, s.upsertEnv, s.insertEnv, s.setLane, s.setSubject, s.insRcpt, s.oldEnv, s.delRcpt, s.delSubject, s.delMsg} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
