@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -256,4 +257,33 @@ func (s Streams) Ensure(ctx context.Context, js jetstream.JetStream) (*Topology,
 		return nil, fmt.Errorf("ensure bucket %s: %w", s.Names.CancelBucket, err)
 	}
 	return &t, nil
+}
+
+// CountScheduled counts the requests waiting for their SendAt: the
+// subjects of the request stream under the schedule prefix, one per
+// request. It asks the server for the total only (nats.go's stream info
+// with a subject filter would page through every subject). The worker's
+// jetmail_scheduled and the console's overview both read it.
+func CountScheduled(ctx context.Context, js jetstream.JetStream, names schema.Names) (int, error) {
+	req, err := json.Marshal(map[string]any{"subjects_filter": names.ScheduleSubjects()})
+	if err != nil {
+		return 0, err
+	}
+	m, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.INFO."+names.RequestStream, req)
+	if err != nil {
+		return 0, fmt.Errorf("stream info of %s: %w", names.RequestStream, err)
+	}
+	var resp struct {
+		Total int `json:"total"`
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("stream info of %s: %w", names.RequestStream, err)
+	}
+	if resp.Error != nil {
+		return 0, fmt.Errorf("stream info of %s: %s", names.RequestStream, resp.Error.Description)
+	}
+	return resp.Total, nil
 }

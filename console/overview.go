@@ -2,7 +2,6 @@ package console
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
@@ -156,29 +155,10 @@ func (o *overviewSource) read(ctx context.Context, now time.Time) *overview {
 	return ov
 }
 
-// countScheduled counts the requests waiting for their SendAt: the
-// subjects under mail.schedule.> of the request stream, one per request,
-// asking for the total only (as the worker's jetmail_scheduled does).
+// countScheduled counts the requests waiting for their SendAt (as the
+// worker's jetmail_scheduled does).
 func (o *overviewSource) countScheduled(ctx context.Context) (int, error) {
-	names := o.c.names
-	req, _ := json.Marshal(map[string]any{"subjects_filter": names.ScheduleSubjects()})
-	m, err := o.c.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.INFO."+names.RequestStream, req)
-	if err != nil {
-		return 0, err
-	}
-	var resp struct {
-		Total int `json:"total"`
-		Error *struct {
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return 0, err
-	}
-	if resp.Error != nil {
-		return 0, fmt.Errorf("stream info: %s", resp.Error.Description)
-	}
-	return resp.Total, nil
+	return config.CountScheduled(ctx, o.c.js, o.c.names)
 }
 
 // readWebhooks reads the webhooks' durable consumers on the result stream:

@@ -2,9 +2,7 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -282,31 +280,11 @@ func (w *Worker) mirrorReady(ctx context.Context) {
 	}
 }
 
-// countScheduled counts the requests waiting for their SendAt: the
-// subjects of the request stream under mail.schedule.>, one per request.
-// It asks for the total only (nats.go's stream info with a subject filter
-// would page through every subject).
+// countScheduled counts the requests waiting for their SendAt.
 func (w *Worker) countScheduled(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, _ := json.Marshal(map[string]any{"subjects_filter": w.cfg.Names.ScheduleSubjects()})
-	m, err := w.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.INFO."+w.cfg.Names.RequestStream, req)
-	if err != nil {
-		return 0, err
-	}
-	var resp struct {
-		Total int `json:"total"`
-		Error *struct {
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return 0, err
-	}
-	if resp.Error != nil {
-		return 0, fmt.Errorf("stream info: %s", resp.Error.Description)
-	}
-	return resp.Total, nil
+	return config.CountScheduled(ctx, w.js, w.cfg.Names)
 }
 
 // keepInProgress sends progress acks every AckWait/3 until the returned
