@@ -92,6 +92,9 @@ type Options struct {
 	// WorkerArgs are more flags for every `jetmail worker` process, such
 	// as "--index-dir=none" or "--cpu-profile=/tmp/worker.prof".
 	WorkerArgs []string
+	// ServerArgs are more flags for every `jetmail server` process, such
+	// as "--cpu-profile=/tmp/server.prof".
+	ServerArgs []string
 	// CPUProfile is a file to write a CPU profile of the first end-to-end
 	// phase to.
 	CPUProfile string

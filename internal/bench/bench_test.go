@@ -359,15 +359,18 @@ func TestBenchPostfixRelay(t *testing.T) {
 }
 
 // TestServerCommand runs `jetmail server` as a process: it serves
-// JetStream (and monitoring), exits 0 on SIGTERM and frees its port.
+// JetStream (and monitoring), exits 0 on SIGTERM and frees its port, and
+// leaves the CPU profile that --cpu-profile (what `jetmail bench
+// --server-arg` passes) asks for.
 func TestServerCommand(t *testing.T) {
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
+	profile := filepath.Join(t.TempDir(), "server.prof")
 	c, err := startChild("server", binary, []string{"server", "--addr", addr, "--data-dir", t.TempDir(),
-		"--http-addr", "127.0.0.1:0", "--log-format", "json"}, nil, nil)
+		"--http-addr", "127.0.0.1:0", "--log-format", "json", "--cpu-profile", profile}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,6 +412,10 @@ func TestServerCommand(t *testing.T) {
 		t.Fatalf("port not free after the server stopped: %v", err)
 	}
 	ln.Close()
+	// A pprof profile is gzip-compressed protobuf.
+	if data, err := os.ReadFile(profile); err != nil || len(data) < 2 || data[0] != 0x1f || data[1] != 0x8b {
+		t.Errorf("CPU profile %s: %d bytes, %v; want a gzip-compressed pprof profile", profile, len(data), err)
+	}
 }
 
 // TestServerCommandUsage checks that contradictory cluster flags are usage

@@ -116,6 +116,7 @@ func (b *bencher) tryServerProcs(ctx context.Context, bin, dir, durability strin
 		if durability == "always" {
 			args = append(args, "--sync-always")
 		}
+		args = append(args, b.f.ServerArgs...)
 		if nodes > 1 {
 			args = append(args, "--server-name", name, "--cluster-name", "jmbench",
 				"--cluster-addr", "127.0.0.1:"+strconv.Itoa(clusterPorts[i]), "--routes", strings.Join(routes, ","))

@@ -61,6 +61,7 @@ func newBenchCmd(s stdio) *cobra.Command {
 	fs.Float64Var(&o.UrgentRate, "urgent-rate", o.UrgentRate, "urgent requests per second the lanes mode publishes for --duration")
 	fs.Float64Var(&o.NormalRate, "normal-rate", o.NormalRate, "normal requests per second the lanes mode publishes for --duration")
 	fs.StringArrayVar(&o.WorkerArgs, "worker-arg", nil, "another flag for every jetmail worker process, such as --worker-arg=--index-dir=none (repeatable)")
+	fs.StringArrayVar(&o.ServerArgs, "server-arg", nil, "another flag for every jetmail server process, such as --server-arg=--cpu-profile=/tmp/server.prof (repeatable)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of this process in the first end-to-end phase to this file (with --topology processes: the publisher and result reader)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "longest a single phase may take")
 	fs.StringVar(&o.Binary, "jetmail-binary", "", "jetmail binary to run as the server, worker and sink processes; default: this executable")

@@ -64,6 +64,7 @@ type serverFlags struct {
 	clusterName string
 	clusterAddr string
 	routes      []string
+	cpuProfile  string
 	log         logFlags
 }
 
@@ -99,6 +100,8 @@ func (f *serverFlags) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.clusterName, "cluster-name", "", "name of the JetStream cluster to join (default \"jetmail\" with --cluster-addr)")
 	fs.StringVar(&f.clusterAddr, "cluster-addr", "", "address for routes from the other cluster nodes; empty: a single server")
 	fs.StringSliceVar(&f.routes, "routes", nil, "cluster addresses of the nodes as nats://host:port, comma-separated")
+	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the server to this file until it stops (jetmail bench --server-arg=--cpu-profile=FILE)")
+	_ = fs.MarkHidden("cpu-profile")
 	f.log.addFlags(fs)
 }
 
@@ -257,6 +260,13 @@ func (f *serverFlags) run(ctx context.Context, s stdio) error {
 	logger, err := f.log.logger(s.errOut)
 	if err != nil {
 		return err
+	}
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
+		}
+		defer stop()
 	}
 	srv, err := f.start(logger)
 	if err != nil {
