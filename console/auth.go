@@ -8,8 +8,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -258,6 +260,15 @@ func (c *Console) login(rw http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(rw, r.Body, maxFormBytes)
 	next := safeNext(r.PostFormValue("next"))
+	if ok, wait := c.logins.Allow(r); !ok {
+		// Guessing tokens takes a long time.
+		secs := max(1, int(math.Ceil(wait.Seconds())))
+		c.log.WarnContext(r.Context(), "console: too many logins", "remote_addr", r.RemoteAddr)
+		rw.Header().Set("Retry-After", strconv.Itoa(secs))
+		c.render(rw, r, nil, http.StatusTooManyRequests, "login", "Log in", "",
+			loginData{Next: next, Error: fmt.Sprintf("Too many attempts from your address. Please try again in %d seconds.", secs)})
+		return
+	}
 	key, ok := c.auth.tokenKey(strings.TrimSpace(r.PostFormValue("token")))
 	if !ok {
 		c.log.WarnContext(r.Context(), "console: login refused", "remote_addr", r.RemoteAddr)

@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +107,30 @@ func TestLogin(t *testing.T) {
 		if loc := a.Header.Get("Location"); a.StatusCode != http.StatusSeeOther || loc != "/ui/" {
 			t.Errorf("login with next=%q: %d to %q, want 303 to /ui/", next, a.StatusCode, loc)
 		}
+	}
+}
+
+// TestLoginRateLimit checks that one address gets 20 login attempts at
+// once: the 21st, even with the right token, is a 429 that says when to
+// try again, and gives no session.
+func TestLoginRateLimit(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{tokens: []string{testToken}})
+	c := s.client(t)
+	for i := range 20 {
+		if a := c.post("/ui/login", url.Values{"token": {fmt.Sprintf("guess-%d", i)}}); a.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d, want 401", i+1, a.StatusCode)
+		}
+	}
+	a := c.post("/ui/login", url.Values{"token": {testToken}})
+	if a.StatusCode != http.StatusTooManyRequests || !strings.Contains(a.body, "Too many attempts from your address") {
+		t.Fatalf("attempt 21: %d, want 429 and why\n%s", a.StatusCode, a.body)
+	}
+	if secs, err := strconv.Atoi(a.Header.Get("Retry-After")); err != nil || secs < 1 || secs > 3 {
+		t.Errorf("Retry-After %q, want 1 to 3 seconds", a.Header.Get("Retry-After"))
+	}
+	if ck := cookie(a, sessionCookie); ck != nil {
+		t.Errorf("a refused login got a session cookie %v", ck)
 	}
 }
 

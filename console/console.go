@@ -44,7 +44,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
+	"github.com/jetmail/jetmail/internal/ratelimit"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/search"
@@ -80,6 +82,11 @@ type Config struct {
 	Cancelled prometheus.Counter
 	// SessionTTL is how long a login lasts. Default 12h.
 	SessionTTL time.Duration
+	// LoginLimit and LoginBurst bound the login attempts per client
+	// address: LoginBurst at once, then LoginLimit a second. Defaults
+	// one every 3 s (20 a minute) and 20.
+	LoginLimit rate.Limit
+	LoginBurst int
 	// Logger receives the console's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -95,6 +102,7 @@ type Console struct {
 	cancelled prometheus.Counter
 	log       *slog.Logger
 	auth      *auth
+	logins    *ratelimit.PerClient
 	pages     *pages
 	mux       *http.ServeMux
 	stats     *overviewSource
@@ -126,6 +134,7 @@ func New(cfg Config) (*Console, error) {
 	if c.auth, err = newAuth(cfg.Tokens, cmp.Or(cfg.SessionTTL, 12*time.Hour)); err != nil {
 		return nil, err
 	}
+	c.logins = ratelimit.New(cmp.Or(cfg.LoginLimit, rate.Every(3*time.Second)), cmp.Or(cfg.LoginBurst, 20))
 	if c.producer == nil {
 		c.producer, err = producer.New(c.js,
 			producer.WithSubjectPrefix(c.names.Prefix),

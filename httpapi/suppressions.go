@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jetmail/jetmail/internal/ratelimit"
 	"github.com/jetmail/jetmail/schema"
 	"github.com/jetmail/jetmail/suppress"
 )
@@ -24,7 +25,7 @@ import (
 type suppressAPI struct {
 	store   *suppress.Store
 	tokens  *suppress.Tokens
-	limiter *clientLimiter
+	limiter *ratelimit.PerClient
 }
 
 func (s *suppressAPI) init(cfg Config) error {
@@ -42,7 +43,7 @@ func (s *suppressAPI) init(cfg Config) error {
 	if burst <= 0 {
 		burst = 50
 	}
-	s.limiter = newClientLimiter(limit, burst)
+	s.limiter = ratelimit.New(limit, burst)
 	return nil
 }
 

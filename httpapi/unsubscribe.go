@@ -81,7 +81,7 @@ func (a *API) unsubscribe(rw http.ResponseWriter, r *http.Request) {
 // unsubscribeToken rate-limits the client and reads the token: its
 // address, or false after answering 429 or 404.
 func (a *API) unsubscribeToken(rw http.ResponseWriter, r *http.Request) (string, bool) {
-	if ok, wait := a.sup.limiter.allow(r); !ok {
+	if ok, wait := a.sup.limiter.Allow(r); !ok {
 		secs := max(1, int(math.Ceil(wait.Seconds())))
 		rw.Header().Set("Retry-After", strconv.Itoa(secs))
 		a.page(rw, r, http.StatusTooManyRequests, page{Title: "Too many requests",

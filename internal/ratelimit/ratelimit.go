@@ -1,4 +1,7 @@
-package httpapi
+// Package ratelimit limits requests per client address, for the endpoints
+// that anyone may call: the one-click unsubscribe of the HTTP API and the
+// console's login form.
+package ratelimit
 
 import (
 	"container/list"
@@ -11,11 +14,11 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// clientLimiter is a token bucket per client address, kept for the most
+// PerClient is a token bucket per client address, kept for the most
 // recently seen clients only: an LRU of at most maxClients, from which a
 // client idle long enough to have a full bucket again drops out (nothing
 // is lost by forgetting it). It is safe for concurrent use.
-type clientLimiter struct {
+type PerClient struct {
 	limit rate.Limit
 	burst int
 	idle  time.Duration // after which a client's bucket is full again
@@ -33,11 +36,13 @@ type clientBucket struct {
 	seen time.Time
 }
 
-// maxClients bounds the memory of a clientLimiter: about 200 bytes each.
+// maxClients bounds the memory of a PerClient: about 200 bytes each.
 const maxClients = 10000
 
-func newClientLimiter(limit rate.Limit, burst int) *clientLimiter {
-	return &clientLimiter{
+// New returns a PerClient that lets each client make burst requests at
+// once and limit a second after that.
+func New(limit rate.Limit, burst int) *PerClient {
+	return &PerClient{
 		limit:   limit,
 		burst:   burst,
 		idle:    time.Duration(float64(burst) / float64(limit) * float64(time.Second)),
@@ -48,10 +53,10 @@ func newClientLimiter(limit rate.Limit, burst int) *clientLimiter {
 	}
 }
 
-// allow takes a token for the client of r, or says how long until there
+// Allow takes a token for the client of r, or says how long until there
 // is one.
-func (l *clientLimiter) allow(r *http.Request) (bool, time.Duration) {
-	key := clientKey(r)
+func (l *PerClient) Allow(r *http.Request) (bool, time.Duration) {
+	key := ClientKey(r)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -80,10 +85,10 @@ func (l *clientLimiter) allow(r *http.Request) (bool, time.Duration) {
 	return true, 0
 }
 
-// clientKey is the client's IP address (the connection's peer, not a
+// ClientKey is the client's IP address (the connection's peer, not a
 // header a client could forge); for IPv6 its /64, which one subscriber
 // usually has whole.
-func clientKey(r *http.Request) string {
+func ClientKey(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
