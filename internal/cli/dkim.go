@@ -56,8 +56,11 @@ Ed25519 signatures yet.`,
 			if domain == "" || selector == "" || out == "" {
 				return badFlags("--domain, --selector and --out are required")
 			}
-			if algorithm == "ed25519" && cmd.Flags().Changed("bits") {
-				return badFlags("--bits applies to RSA keys only")
+			if algorithm == "ed25519" {
+				if cmd.Flags().Changed("bits") {
+					return badFlags("--bits applies to RSA keys only")
+				}
+				bits = 0 // the flag's default is an RSA size
 			}
 			pemBytes, key, err := dkim.Generate(algorithm, bits)
 			if err != nil {

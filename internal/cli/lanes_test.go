@@ -153,6 +153,25 @@ func TestDKIMKeygenAndSigning(t *testing.T) {
 	}
 }
 
+// TestDKIMKeygenEd25519: an Ed25519 key needs no --bits (the flag's RSA
+// default does not apply to it), and asking for a size is a usage error.
+func TestDKIMKeygenEd25519(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "ed.pem")
+	r := jetmail(t, testCtx(t), "", "dkim", "keygen", "--domain", "example.com", "--selector", "e2026", "--algorithm", "ed25519", "--out", key)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, `e2026._domainkey.example.com. IN TXT "v=DKIM1; k=ed25519; p=`) {
+		t.Fatalf("keygen --algorithm ed25519: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v, %v; want mode 0600", fi, err)
+	}
+	if r := jetmail(t, testCtx(t), "", "dkim", "keygen", "--domain", "example.com", "--selector", "e2027", "--algorithm", "ed25519",
+		"--bits", "2048", "--out", filepath.Join(dir, "ed2.pem")); r.code != 2 || !strings.Contains(r.stderr, "--bits") {
+		t.Errorf("ed25519 with --bits: exit %d, stderr %q; want 2 naming --bits", r.code, r.stderr)
+	}
+}
+
 // TestWorkerWebhook runs a worker with --webhook: the receiver gets the
 // message's events, signed with the key of --webhook-secret-file, and
 // `jetmail webhooks test` reaches it too.
