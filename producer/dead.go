@@ -101,8 +101,8 @@ const (
 )
 
 // Replay publishes the request of d again, unchanged, on the subject it
-// was published on (the normal lane's when that is not a request subject
-// any more), with a Nats-Msg-Id of its own so that the duplicate window
+// was published on, so in its lane (the normal lane's subject when that is
+// not a request subject any more), with a Nats-Msg-Id of its own so that the duplicate window
 // does not drop it; then it removes d (and only d: a dead letter stored
 // since stays). The message keeps its Id, so its events continue on
 // mail.result.<Id>. An Id whose latest result is sent is not published
@@ -131,7 +131,7 @@ func (p *Producer) Replay(ctx context.Context, d *DeadLetter) (ReplayOutcome, er
 		return 0, err
 	}
 	subject := d.Subject
-	if subject != p.names.SendSubject() && !strings.HasPrefix(subject, p.names.SendSubject()+".") {
+	if !p.names.IsRequestSubject(subject) {
 		subject = p.names.SendSubject()
 	}
 	msg := nats.NewMsg(subject)

@@ -133,6 +133,18 @@ func (n Names) LaneOf(subject string) Lane {
 	return LaneNormal
 }
 
+// IsRequestSubject reports whether subject is one of the request
+// subjects of a lane (mail.send, mail.urgent, mail.bulk, or one below
+// them).
+func (n Names) IsRequestSubject(subject string) bool {
+	for _, l := range []Lane{LaneUrgent, LaneNormal, LaneBulk} {
+		if base := n.LaneSubject(l); subject == base || strings.HasPrefix(subject, base+".") {
+			return true
+		}
+	}
+	return false
+}
+
 // LaneConsumer is the durable consumer of a lane: Consumer for the normal
 // lane (so that v1 deployments keep theirs), Consumer-urgent and
 // Consumer-bulk for the others.

@@ -87,3 +87,17 @@ func TestLaneOf(t *testing.T) {
 		t.Errorf("LaneOf(mail.bulk) with prefix acme = %q", got)
 	}
 }
+
+func TestIsRequestSubject(t *testing.T) {
+	n := schema.DefaultNames()
+	for subject, want := range map[string]bool{
+		"mail.send": true, "mail.send.tenant": true, "mail.urgent": true, "mail.urgent.a.b": true,
+		"mail.bulk": true, "mail.bulk.news": true,
+		"mail.sender": false, "mail.urgently": false, "mail.result.x": false, "mail.schedule.x": false,
+		"mail.dead.x": false, "other.send": false, "": false,
+	} {
+		if got := n.IsRequestSubject(subject); got != want {
+			t.Errorf("IsRequestSubject(%q) = %v, want %v", subject, got, want)
+		}
+	}
+}
