@@ -32,13 +32,6 @@ type SearchPage struct {
 	Next string `json:"Next,omitempty"`
 }
 
-// EventList is the answer of GET /v1/messages/{Id}/events.
-type EventList struct {
-	// Events are every result event of the message that the result stream
-	// holds, oldest first.
-	Events []*schema.Result `json:"Events"`
-}
-
 // searchParams are the query parameters of GET /v1/messages.
 var searchParams = []string{"recipient", "subject", "state", "lane", "batch", "since", "until", "limit", "cursor"}
 
@@ -156,5 +149,7 @@ func (a *API) events(rw http.ResponseWriter, r *http.Request) {
 		a.fail(rw, r, http.StatusInternalServerError, "events of "+id+": "+err.Error(), nil)
 		return
 	}
-	writeJSON(rw, http.StatusOK, EventList{Events: evs})
+	// The answer is the events themselves, as GET /v1/messages/{Id} is
+	// the latest one (contract §6).
+	writeJSON(rw, http.StatusOK, evs)
 }
