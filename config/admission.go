@@ -103,18 +103,21 @@ func (a *Admission) Admit(data []byte) (*schema.Request, error) {
 // renders its template and validates the rendered request again (no CR or
 // LF in the subject, the limits). Its error is a *schema.ValidationError.
 // The request is returned with the error whenever the payload could be
-// decoded.
+// decoded; when it could not (a value of the wrong type, or a payload over
+// MaxRequestBytes), a request with only what schema.Identify could read,
+// so that the 400 still carries the request's own Id (and, under the size
+// limit, its Metadata).
 func (a *Admission) Parse(data []byte) (*schema.Request, error) {
 	lim := a.Limits.WithDefaults()
 	if n := len(data); lim.MaxRequestBytes > 0 && n > lim.MaxRequestBytes {
-		return nil, &schema.ValidationError{Fields: []schema.FieldError{{
+		return schema.Identify(data, false), &schema.ValidationError{Fields: []schema.FieldError{{
 			Message:  fmt.Sprintf("request is %d bytes, more than the limit of %d", n, lim.MaxRequestBytes),
 			TooLarge: true,
 		}}}
 	}
 	req, err := schema.Decode(data)
 	if err != nil {
-		return nil, err
+		return schema.Identify(data, true), err
 	}
 	if err := req.ValidateLimits(lim); err != nil {
 		return req, err

@@ -114,6 +114,27 @@ func Decode(data []byte) (*Request, error) {
 	return &r, nil
 }
 
+// Identify reads, from a payload that Decode refused, what the result event
+// of the invalid request should still carry: its Id and BatchId, and with
+// metadata its Metadata, as far as they can be read (a key of the wrong
+// type is left out; so are Metadata entries that are not strings). A
+// payload that is not a JSON object yields an empty Request. Contract §2:
+// the Id of a request is its Id key whenever the body can be parsed.
+func Identify(data []byte, metadata bool) *Request {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(data, &raw) != nil || raw == nil {
+		return &Request{}
+	}
+	d := decoder{obj: raw}
+	var r Request
+	d.value("Id", &r.Id)
+	d.value("BatchId", &r.BatchId)
+	if metadata {
+		r.Metadata = d.stringMap("Metadata")
+	}
+	return &r
+}
+
 // decoder decodes the values of one JSON object, collecting a FieldError
 // per value of the wrong type.
 type decoder struct {

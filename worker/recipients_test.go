@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,34 @@ func TestOversizedRequestGetsAResult(t *testing.T) {
 	fin, _ := b.results.Final(t, "big-1")
 	if fin.Status != schema.Status400 || len(fin.Fields) != 1 || !strings.Contains(fin.Fields[0].Message, "more than the limit of 2000") {
 		t.Errorf("final %+v, want 400 for the size", fin)
+	}
+}
+
+// TestInvalidRequestKeepsItsId: a request that Decode refuses (a value of
+// the wrong type) or that is over --max-request-bytes, published without
+// a Nats-Msg-Id, gets its 400 under the Id of its own body (contract §2:
+// the Id key whenever the body can be parsed), with its Metadata and
+// BatchId where it was under the size limit.
+func TestInvalidRequestKeepsItsId(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{Limits: schema.Limits{MaxRequestBytes: 3000}})
+	b.publishRaw(t, []byte(`{"Id":"typ-1","To":5,"Metadata":{"tenant":"acme","n":7},"BatchId":"b-1"}`), "")
+	b.publishRaw(t, []byte(`{"Id":"typ-2","To":"a@example.com","Attachments":[{"FileName":"a"}],"Metadata":{"k":"v"}}`), "")
+	b.publishRaw(t, []byte(`{"Id":"big-2","To":"a@example.com","Metadata":{"k":"v"},"Body":"`+strings.Repeat("x", 5000)+`"}`), "")
+	for id, want := range map[string]map[string]string{
+		"typ-1": {"tenant": "acme"}, // the entry of the wrong type is left out
+		"typ-2": {"k": "v"},
+		"big-2": nil, // not echoed from an oversized payload
+	} {
+		fin, events := b.results.Final(t, id)
+		if fin.Status != schema.Status400 || len(events) != 1 {
+			t.Errorf("%s: events %v, final %+v; want one 400", id, states(events), fin)
+		}
+		if !maps.Equal(fin.Metadata, want) {
+			t.Errorf("%s: Metadata %v, want %v", id, fin.Metadata, want)
+		}
+		if id == "typ-1" && fin.BatchId != "b-1" {
+			t.Errorf("%s: BatchId %q, want b-1", id, fin.BatchId)
+		}
 	}
 }
