@@ -43,6 +43,10 @@ type Envelope struct {
 
 	dkim *dkimSigning // nil: not signed
 	raw  []byte       // Msg rendered (and signed), by render
+	// part is, for one of the one-recipient copies of a one-click
+	// message, its number from 1 (the outbox names it <Id>.<part>.eml);
+	// 0 for a message sent once.
+	part int
 
 	// stop, when set, is asked right before the transaction begins
 	// (after waiting for the rate limit and a session): true means the

@@ -263,7 +263,7 @@ func (w *Worker) oneClickCopies(req *schema.Request, opts BuildOptions, to []str
 		if err != nil {
 			return nil, err
 		}
-		env.To = []string{rcpt}
+		env.To, env.part = []string{rcpt}, i+1
 		copies[i] = env
 	}
 	return copies, nil

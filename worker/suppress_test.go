@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -342,5 +345,49 @@ func TestSuppressionConfig(t *testing.T) {
 		if tc.bad == "" && err != nil || tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad+":")) {
 			t.Errorf("%s: Validate() = %v, want an error on %q", tc.name, err, tc.bad)
 		}
+	}
+}
+
+// TestOneClickCopiesInTheOutbox: the file transport keeps every
+// recipient's copy of a one-click message, each with its own link, as
+// <Id>.<n>.eml, where one <Id>.eml would keep only the last.
+func TestOneClickCopiesInTheOutbox(t *testing.T) {
+	t.Parallel()
+	tokens, err := suppress.NewTokens([]byte("a test secret of enough bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outbox := t.TempDir()
+	b := setup(t, Config{Retry: fastRetry(3), PublicURL: testPublicURL, Unsubscribe: tokens, Outbox: outbox})
+	data, _ := json.Marshal(map[string]any{"Id": "ocf", "From": "news@example.com",
+		"To": "a@example.net, b@example.net", "Subject": "news", "Body": "b", "Unsubscribe": true})
+	jstest.Publish(t, b.js, schema.DefaultNames().BulkSubject(), data, "ocf")
+	if fin, _ := b.results.Final(t, "ocf"); fin.Status != 200 {
+		t.Fatalf("final %+v", fin)
+	}
+	names, _ := filepath.Glob(filepath.Join(outbox, "ocf*.eml"))
+	slices.Sort(names)
+	if want := []string{filepath.Join(outbox, "ocf.1.eml"), filepath.Join(outbox, "ocf.2.eml")}; !slices.Equal(names, want) {
+		t.Fatalf("outbox holds %v, want %v", names, want)
+	}
+	seen := map[string]bool{}
+	for _, name := range names {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm, err := mail.ReadMessage(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		list := strings.Join(strings.Fields(pm.Header.Get("List-Unsubscribe")), "")
+		addr, err := tokens.Address(strings.TrimSuffix(strings.TrimPrefix(list, "<"+testPublicURL+"/v1/unsubscribe/"), ">"))
+		if err != nil {
+			t.Fatalf("%s: List-Unsubscribe %q: %v", name, list, err)
+		}
+		seen[addr] = true
+	}
+	if !seen["a@example.net"] || !seen["b@example.net"] {
+		t.Errorf("the copies' links name %v, want a@ and b@ each once", seen)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/jetmail/jetmail/schema"
 )
@@ -49,7 +50,8 @@ func NewFileTransport(dir string) (*FileTransport, error) {
 // Dir returns the outbox folder.
 func (t *FileTransport) Dir() string { return t.dir }
 
-// Send writes the message to <dir>/<Id>.eml.
+// Send writes the message to <dir>/<Id>.eml, or, for the one-recipient
+// copies of a one-click unsubscribe message, each to <dir>/<Id>.<n>.eml.
 func (t *FileTransport) Send(_ context.Context, env *Envelope) (Delivery, error) {
 	if env.stop != nil && env.stop() {
 		return Delivery{}, errCancelled
@@ -75,7 +77,11 @@ func (t *FileTransport) Send(_ context.Context, env *Envelope) (Delivery, error)
 	if err := tmp.Close(); err != nil {
 		return Delivery{}, withOp(OpFile, err)
 	}
-	final := filepath.Join(t.dir, env.ID+".eml")
+	name := env.ID + ".eml"
+	if env.part > 0 {
+		name = env.ID + "." + strconv.Itoa(env.part) + ".eml"
+	}
+	final := filepath.Join(t.dir, name)
 	if err := os.Rename(tmp.Name(), final); err != nil {
 		return Delivery{}, withOp(OpFile, fmt.Errorf("rename into place: %w", err))
 	}
