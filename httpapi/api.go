@@ -193,22 +193,42 @@ func (a *API) Handler() http.Handler {
 	return a.traced(mux)
 }
 
-// traced wraps h in a server span that continues the caller's trace (its
-// traceparent header), so that a request published by a handler carries
-// the trace on to the worker (contract §12).
+// traced wraps h, a ServeMux, in a server span that continues the
+// caller's trace (its traceparent header), so that a request published by
+// a handler carries the trace on to the worker (contract §12). The span is
+// named after the route the mux chose, such as "GET
+// /v1/suppressions/{address}", never the path, which holds addresses and
+// unsubscribe tokens (nor does any attribute hold the path); after the
+// method alone when no route matched.
 func (a *API) traced(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		ctx := tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := a.tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
+		ctx, span := a.tracer.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", r.Method)))
 		defer span.End()
 		sw := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
-		h.ServeHTTP(sw, r.WithContext(ctx))
+		// The mux sets the Pattern of the request it is given, this copy.
+		r = r.WithContext(ctx)
+		r.Pattern = ""
+		h.ServeHTTP(sw, r)
+		if r.Pattern != "" {
+			span.SetName(r.Pattern)
+			span.SetAttributes(attribute.String("http.route", route(r.Pattern)))
+		}
 		span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
 		if sw.status >= 500 {
 			span.SetStatus(codes.Error, http.StatusText(sw.status))
 		}
 	})
+}
+
+// route is the path of a ServeMux pattern ("/v1/messages/{id}" of
+// "GET /v1/messages/{id}"), for the http.route attribute.
+func route(pattern string) string {
+	if i := strings.IndexByte(pattern, '/'); i >= 0 {
+		return pattern[i:]
+	}
+	return pattern
 }
 
 // statusWriter remembers the status of an answer, for the span.

@@ -90,7 +90,9 @@ func (a *API) postBatch(rw http.ResponseWriter, r *http.Request) {
 			refuse(i, status, err.Error(), fields)
 			continue
 		}
-		id, f, err := a.producer.PublishJSONAsync(item, producer.WithDefaultPriority(lane))
+		// Every request continues the caller's trace, as a single POST's
+		// does (contract §12): the asynchronous publish takes no context.
+		id, f, err := a.producer.PublishJSONAsync(item, producer.WithDefaultPriority(lane), producer.WithTraceContext(r.Context()))
 		if err != nil {
 			status, fields := refusal(err)
 			if !errors.As(err, new(*schema.ValidationError)) {

@@ -4,7 +4,8 @@
 //
 // The trace context travels in NATS headers, traceparent and tracestate:
 // `jetmail send`, the producer package and the HTTP API set them on each
-// request (the API continuing an incoming request's trace), the worker
+// request (the API continuing an incoming request's trace, `jetmail send`
+// even when it exports nothing: see StartSend), the worker
 // continues the trace in its spans (the delivery and its SMTP transaction)
 // and sets it on the result events it publishes. NATS headers are
 // case-sensitive, while propagation.HeaderCarrier would write
@@ -18,8 +19,10 @@ package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 
@@ -87,6 +90,58 @@ func Inject(ctx context.Context, h nats.Header) {
 		return
 	}
 	Propagator.Inject(ctx, Header(h))
+}
+
+// StartSend starts the span of a command that publishes requests, such as
+// `jetmail send`, with Tracer(). Unlike Tracer().Start, the context it
+// returns always has a valid span context, so that Inject writes a
+// traceparent and the worker's spans and result events of every attempt
+// share one trace (contract §12) even when this process exports nothing:
+// when the span has none (tracing off, the no-op provider, and no trace in
+// ctx) it is given a random trace and span Id that nothing records. Such a
+// context is flagged sampled, since the flag is what a ParentBased sampler
+// (the SDK's default) on the worker decides by: unsampled, an exporting
+// worker would drop the spans of every request sent without tracing, which
+// it records when a request has no traceparent at all. End the span on the
+// way out, as usual.
+func StartSend(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	return startSend(ctx, Tracer(), name, opts...)
+}
+
+// startSend is StartSend with tracer t.
+func startSend(ctx context.Context, t trace.Tracer, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	ctx, span := t.Start(ctx, name, append([]trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}, opts...)...)
+	if span.SpanContext().IsValid() {
+		return ctx, span
+	}
+	// A span that records nothing and whose End does nothing, as the
+	// no-op one, but with an Id.
+	ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    randomTraceID(),
+		SpanID:     randomSpanID(),
+		TraceFlags: trace.FlagsSampled,
+	}))
+	return ctx, trace.SpanFromContext(ctx)
+}
+
+// randomTraceID is a random, non-zero trace Id. math/rand/v2's generator
+// (ChaCha8, seeded by the runtime) takes a few nanoseconds.
+func randomTraceID() trace.TraceID {
+	var id trace.TraceID
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+// randomSpanID is a random, non-zero span Id.
+func randomSpanID() trace.SpanID {
+	var id trace.SpanID
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
 }
 
 // Extract returns ctx with the remote trace context found in h, if any.

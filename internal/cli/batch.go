@@ -17,11 +17,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/term"
 
 	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
+	"github.com/jetmail/jetmail/tracing"
 )
 
 // batchWindow is how many publishes are awaiting their acknowledgement at
@@ -65,6 +68,15 @@ func (f *sendFlags) runBatch(ctx context.Context, s stdio) error {
 	if err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "jetmail-send")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	// One span for the run, the parent of every request's delivery; a
+	// traceparent even when tracing is off (contract §12).
+	tctx, span := tracing.StartSend(ctx, "jetmail send batch", trace.WithAttributes(attribute.String("jetmail.batch", f.batchID)))
+	defer span.End()
 	c, err := f.connect("send")
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func (f *sendFlags) runBatch(ctx context.Context, s stdio) error {
 		}
 		lines++
 		line := bytes.Clone(l)
-		id, ack, err := c.p.PublishJSONAsync(line, append(opts, producer.WithID(batchID(line, seen)))...)
+		id, ack, err := c.p.PublishJSONAsync(line, append(opts, producer.WithID(batchID(line, seen)), producer.WithTraceContext(tctx))...)
 		var ve *schema.ValidationError
 		switch {
 		case errors.As(err, &ve):

@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetmail/jetmail/producer"
 	"github.com/jetmail/jetmail/schema"
@@ -106,7 +105,7 @@ func newSendCmd(s stdio) *cobra.Command {
 	fs.StringArrayVar(&f.metadata, "metadata", nil, "KEY=VALUE echoed in every result event (repeatable)")
 	fs.StringVar(&f.connection, "connection", "", "named SMTP connection to send through; default \"default\"")
 	fs.StringVar(&f.id, "id", "", "idempotency key [A-Za-z0-9_-]{1,128}; generated when absent")
-	fs.StringVar(&f.priority, "priority", "", "lane: urgent, normal or bulk (default: normal, bulk with --batch); requests that name a Priority keep theirs")
+	fs.StringVar(&f.priority, "priority", "", "lane: urgent, normal or bulk, over any Priority the requests name (without it: the request's Priority, else normal, bulk with --batch)")
 	fs.StringVar(&f.at, "at", "", "send at this time: RFC 3339 with an offset (2026-12-24T09:00:00+01:00), or a duration from now (+2h)")
 	fs.StringVar(&f.batchID, "batch-id", "", "BatchId of the request(s), for cancelling and finding them together; --batch makes one when absent")
 	fs.StringVar(&f.unsubscribe, "unsubscribe", "", "add List-Unsubscribe: an https: or mailto: URL, or no value for jetmail's own one-click endpoint")
@@ -186,7 +185,9 @@ func (f *sendFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error {
 		return err
 	}
 	defer stopTracing()
-	ctx, span := tracing.Tracer().Start(ctx, "jetmail send", trace.WithSpanKind(trace.SpanKindProducer))
+	// The request carries a traceparent even when tracing is off
+	// (contract §12).
+	ctx, span := tracing.StartSend(ctx, "jetmail send")
 	defer span.End()
 	c, err := f.connect("send")
 	if err != nil {
