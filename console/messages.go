@@ -63,7 +63,8 @@ var (
 // interpret says what the one search box's text q means: "id:", "batch:",
 // "subject:" and "to:" (or "recipient:") name the field; else an address
 // searches the recipients, a word that is a valid Id may be one (or else
-// is a subject), and anything else is a part of the subject.
+// a BatchId, or else a subject: field "id?", which messagesPage resolves),
+// and anything else is a part of the subject.
 func interpret(q string) (field, value string) {
 	q = strings.TrimSpace(q)
 	if q == "" {
@@ -118,7 +119,12 @@ func (c *Console) messagesPage(rw http.ResponseWriter, r *http.Request, s *sessi
 		case !errors.Is(err, producer.ErrNotFound):
 			c.log.WarnContext(r.Context(), "console: Id look-up failed", "id", value, "error", err)
 		}
-		field = "subject" // not an Id of a message: a word of the subject
+	}
+	if field == "id?" {
+		// Not the Id of a message: the BatchId of some, or else a word of
+		// the subject. Resolved again on every page (a page after the first
+		// skips the Id look-up), so that the pages of one search agree.
+		field = c.batchOrSubject(ctx, r, value)
 	}
 	d.Field, d.Value = field, value
 	if c.search == nil {
@@ -178,6 +184,25 @@ func (c *Console) messagesPage(rw http.ResponseWriter, r *http.Request, s *sessi
 		d.FirstURL = "/ui/messages?" + first.Encode()
 	}
 	c.render(rw, r, s, http.StatusOK, "messages", "Messages", "messages", d)
+}
+
+// batchOrSubject says how to search for a bare word that is not the Id of
+// a message: "batch" when some message, in any state or lane, has it as
+// its BatchId, else "subject". Without an index, or when the look-up
+// fails, it is a subject, as before batches were looked for.
+func (c *Console) batchOrSubject(ctx context.Context, r *http.Request, word string) string {
+	if c.search == nil {
+		return "subject"
+	}
+	page, err := c.search.Search(ctx, search.Query{Batch: word, Limit: 1})
+	if err != nil {
+		c.log.WarnContext(r.Context(), "console: batch look-up failed", "batch", word, "error", err)
+		return "subject"
+	}
+	if len(page.Messages) > 0 {
+		return "batch"
+	}
+	return "subject"
 }
 
 // messageData is what the page of one message shows.

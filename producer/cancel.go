@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -165,6 +167,38 @@ type BatchCancelResult struct {
 	// publishing their cancelled events (the others were cancelled by
 	// workers, or before).
 	Published int
+	// Messages is the outcome of every message of the batch that was
+	// found, in Id order: one entry for each message counted in Cancelled
+	// or TooLate. It is empty when the batch has no message (yet).
+	Messages []BatchCancelMessage
+}
+
+// BatchCancelMessage is the outcome of cancelling one message of a batch.
+type BatchCancelMessage struct {
+	// Id is the message's Id.
+	Id string
+	// Result says what CancelBatch found and did, as Cancel would say it:
+	// Cancelled (this call published its cancelled event),
+	// AlreadyCancelled (cancelled before, or by a worker that saw the
+	// batch's mark), TooLateFinal (sent or failed), or TooLateSending (a
+	// worker holds it or has begun sending it; CancelBatch does not wait
+	// for that worker, so a later Cancel of the Id may still find it
+	// cancelled). Never Unknown.
+	Result CancelResult
+}
+
+// add records the outcome of one message of the batch and counts it.
+func (r *BatchCancelResult) add(id string, res CancelResult) {
+	r.Messages = append(r.Messages, BatchCancelMessage{Id: id, Result: res})
+	switch res.Outcome {
+	case Cancelled:
+		r.Cancelled++
+		r.Published++
+	case AlreadyCancelled:
+		r.Cancelled++
+	default:
+		r.TooLate++
+	}
 }
 
 // CancelBatch cancels every message of the batch that is not yet sent
@@ -174,7 +208,8 @@ type BatchCancelResult struct {
 // every message in the result stream and at every request still waiting
 // in the request stream, and cancels each message of the batch that
 // waits, as Cancel does but without waiting for workers that may hold a
-// message: those count as TooLate unless a worker then cancels them.
+// message: those count as TooLate (TooLateSending in Messages), unless a
+// worker cancelled them before CancelBatch looked.
 func (p *Producer) CancelBatch(ctx context.Context, batch string) (BatchCancelResult, error) {
 	var r BatchCancelResult
 	if !schema.ValidID(batch) {
@@ -207,18 +242,21 @@ func (p *Producer) CancelBatch(ctx context.Context, batch string) (BatchCancelRe
 			continue
 		}
 		last, err := decodeResult(msg.Data())
-		if err != nil || last.BatchId != batch {
+		if err != nil || last.BatchId != batch || seen[last.Id] {
 			continue
 		}
 		seen[last.Id] = true
 		md, _ := msg.Metadata()
 		switch {
 		case last.State == schema.StateCancelled:
-			r.Cancelled++
+			r.add(last.Id, CancelResult{Outcome: AlreadyCancelled, Event: last})
 			continue
-		case last.Final(), last.State == schema.StateAccepted,
+		case last.Final():
+			r.add(last.Id, CancelResult{Outcome: TooLateFinal, Event: last})
+			continue
+		case last.State == schema.StateAccepted,
 			last.State == schema.StateDeferred && (last.NextAttemptAt == nil || time.Until(*last.NextAttemptAt) < cancelMargin):
-			r.TooLate++
+			r.add(last.Id, CancelResult{Outcome: TooLateSending, Event: last})
 			continue
 		case last.State == schema.StateScheduled:
 			if err := p.unschedule(ctx, last.Id); err != nil {
@@ -234,32 +272,36 @@ func (p *Producer) CancelBatch(ctx context.Context, batch string) (BatchCancelRe
 		if seen[id] {
 			continue
 		}
+		seen[id] = true
 		if err := p.cancelOne(ctx, results, id, &schema.Result{Id: id, BatchId: batch}, 0, &r); err != nil {
 			return r, err
 		}
 	}
+	slices.SortFunc(r.Messages, func(a, b BatchCancelMessage) int { return strings.Compare(a.Id, b.Id) })
 	return r, nil
 }
 
 // cancelOne publishes the cancelled event of a message of a batch and
-// counts it. When another event came first (a worker that saw the batch's
-// mark and cancelled it, or one that began sending it), it counts what that
-// event says.
+// records it. When another event came first (a worker that saw the batch's
+// mark and cancelled it, or one that began sending it), it records what
+// that event says.
 func (p *Producer) cancelOne(ctx context.Context, results jetstream.Stream, id string, last *schema.Result, seq uint64, r *BatchCancelResult) error {
-	_, err := p.publishCancelled(ctx, id, last, seq)
+	ev, err := p.publishCancelled(ctx, id, last, seq)
 	switch {
 	case err == nil:
-		r.Cancelled++
-		r.Published++
+		r.add(id, CancelResult{Outcome: Cancelled, Event: ev})
 	case errors.Is(err, errConflict):
 		now, _, err := p.latest(ctx, results, id)
 		if err != nil {
 			return err
 		}
-		if now != nil && now.State == schema.StateCancelled {
-			r.Cancelled++
-		} else {
-			r.TooLate++
+		switch {
+		case now != nil && now.State == schema.StateCancelled:
+			r.add(id, CancelResult{Outcome: AlreadyCancelled, Event: now})
+		case now != nil && now.Final():
+			r.add(id, CancelResult{Outcome: TooLateFinal, Event: now})
+		default:
+			r.add(id, CancelResult{Outcome: TooLateSending, Event: now})
 		}
 	default:
 		return err

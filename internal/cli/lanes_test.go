@@ -94,7 +94,7 @@ func TestSendLanesScheduleAndCancel(t *testing.T) {
 			t.Errorf("batch line published with BatchId %q; stderr %q", req.BatchId, r.stderr)
 		}
 	}
-	if r := jetmail(t, testCtx(t), "", "cancel", "--nats-url", url, "--batch", "promo-1"); r.code != 0 || r.stdout != "batch promo-1: 1 cancelled, 0 too late\n" {
+	if r := jetmail(t, testCtx(t), "", "cancel", "--nats-url", url, "--batch", "promo-1"); r.code != 0 || r.stdout != "lane-at cancelled\n" {
 		t.Errorf("cancel --batch: exit %d, stdout %q", r.code, r.stdout)
 	}
 }
