@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -29,22 +30,7 @@ func TestTraceContextFlows(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	tracer := tp.Tracer("test")
-	nats := jstest.Start(t)
-	nc, js := nats.Connect(t)
-	sub, err := nc.SubscribeSync("mail.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm, _ := config.NewAdmission(schema.Limits{}, "", nil)
-	api, err := New(Config{Admission: adm, Tracer: tracer}, js, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.New(worker.Config{Outbox: t.TempDir(), API: api.Handler(), Tracer: tracer}, js, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jstest.Serve(t, w.Run, w.Ready)
+	sub, w := tracedWorker(t, tracer)
 
 	caller, callerSpan := tracer.Start(context.Background(), "caller")
 	callerSpan.End()
@@ -102,22 +88,7 @@ func TestTraceContextFlows(t *testing.T) {
 func TestTraceContextFlowsBatch(t *testing.T) {
 	t.Parallel()
 	tracer := sdktrace.NewTracerProvider().Tracer("test")
-	nats := jstest.Start(t)
-	nc, js := nats.Connect(t)
-	sub, err := nc.SubscribeSync("mail.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm, _ := config.NewAdmission(schema.Limits{}, "", nil)
-	api, err := New(Config{Admission: adm, Tracer: tracer}, js, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.New(worker.Config{Outbox: t.TempDir(), API: api.Handler(), Tracer: tracer}, js, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jstest.Serve(t, w.Run, w.Ready)
+	sub, w := tracedWorker(t, tracer)
 
 	caller, callerSpan := tracer.Start(context.Background(), "caller")
 	callerSpan.End()
@@ -209,4 +180,28 @@ func TestSpanNamesAreRoutes(t *testing.T) {
 			t.Errorf("%s %s: http.route %q, want %q", c.method, c.path, route, c.route)
 		}
 	}
+}
+
+// tracedWorker starts JetStream and a worker whose API and deliveries
+// trace with tracer, and subscribes to everything under mail.> (the
+// requests and their result events, with their headers).
+func tracedWorker(t *testing.T, tracer trace.Tracer) (*nats.Subscription, *worker.Worker) {
+	t.Helper()
+	srv := jstest.Start(t)
+	nc, js := srv.Connect(t)
+	sub, err := nc.SubscribeSync("mail.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm, _ := config.NewAdmission(schema.Limits{}, "", nil)
+	api, err := New(Config{Admission: adm, Tracer: tracer}, js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{Outbox: t.TempDir(), API: api.Handler(), Tracer: tracer}, js, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jstest.Serve(t, w.Run, w.Ready)
+	return sub, w
 }

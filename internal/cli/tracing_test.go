@@ -49,20 +49,7 @@ func traceOf(traceparent string) string {
 // (contract §12), and the worker's result events continue its trace.
 func TestSendTraceparentWithoutExporter(t *testing.T) {
 	t.Parallel()
-	_, url := startNATS(t)
-	startWorker(t, "--nats-url", url, "--outbox", t.TempDir(), "--http-addr", "127.0.0.1:0")
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	sub, err := nc.SubscribeSync("mail.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	url, sub := workerAndWatch(t)
 	ids := []string{"tp-send-1", "tp-send-2"}
 	for _, id := range ids {
 		if r := jetmail(t, testCtx(t), "", "send", "--nats-url", url, "--to", "a@example.com", "--id", id, "--wait"); r.code != 0 {
@@ -92,20 +79,7 @@ func TestSendTraceparentWithoutExporter(t *testing.T) {
 // configured, and the result events continue it.
 func TestSendBatchTraceparent(t *testing.T) {
 	t.Parallel()
-	_, url := startNATS(t)
-	startWorker(t, "--nats-url", url, "--outbox", t.TempDir(), "--http-addr", "127.0.0.1:0")
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	sub, err := nc.SubscribeSync("mail.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	url, sub := workerAndWatch(t)
 	var ids, lines []string
 	for i := range 3 {
 		ids = append(ids, fmt.Sprintf("tp-batch-%d", i))
@@ -127,4 +101,26 @@ func TestSendBatchTraceparent(t *testing.T) {
 			t.Errorf("%s: the sent event's traceparent %q is not of the batch's trace %s", id, events[id], batch)
 		}
 	}
+}
+
+// workerAndWatch starts NATS and a worker writing to an outbox, and
+// subscribes to everything under mail.> (requests and result events, with
+// their headers); it returns the NATS URL and the subscription.
+func workerAndWatch(t *testing.T) (string, *nats.Subscription) {
+	t.Helper()
+	_, url := startNATS(t)
+	startWorker(t, "--nats-url", url, "--outbox", t.TempDir(), "--http-addr", "127.0.0.1:0")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	sub, err := nc.SubscribeSync("mail.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return url, sub
 }
