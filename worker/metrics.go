@@ -2,6 +2,8 @@ package worker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetmail/jetmail/schema"
 )
 
 // Metrics are the Prometheus collectors of a worker (contract §6), all in
@@ -103,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"connection"}),
 		Cancelled: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "jetmail", Name: "cancelled_total",
-			Help: "Messages a worker ended as cancelled (410).",
+			Help: "Messages a worker (or its HTTP API and console) ended as cancelled (410).",
 		}),
 		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "jetmail", Name: "ack_pending",
@@ -150,3 +152,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	return m
 }
+
+// CancelCounter counts a cancellation that another part of this process
+// publishes (the HTTP API's DELETE, the console's Cancel): one message
+// ended as cancelled and one result event published, so it adds to both
+// jetmail_cancelled_total and jetmail_results_total{state="cancelled",
+// status="410"}, as the worker's own cancellations do.
+func (m *Metrics) CancelCounter() prometheus.Counter {
+	return cancelCounter{Counter: m.Cancelled,
+		event: m.Results.WithLabelValues(string(schema.StateCancelled), schema.Status410.String())}
+}
+
+// cancelCounter is the Counter of CancelCounter: the cancelled counter,
+// whose Inc and Add also count the cancelled event.
+type cancelCounter struct {
+	prometheus.Counter
+	event prometheus.Counter
+}
+
+func (c cancelCounter) Inc() { c.Counter.Inc(); c.event.Inc() }
+
+func (c cancelCounter) Add(v float64) { c.Counter.Add(v); c.event.Add(v) }

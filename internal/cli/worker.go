@@ -353,12 +353,12 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	}
 	defer stopIndex()
 	api, err := httpapi.New(httpapi.Config{Names: cfg.Names, Admission: adm, Tokens: f.api.tokens,
-		Cancelled: cfg.Metrics.Cancelled, Suppressions: cfg.Suppressions, Unsubscribe: cfg.Unsubscribe, Search: idx}, js, logger)
+		Cancelled: cfg.Metrics.CancelCounter(), Suppressions: cfg.Suppressions, Unsubscribe: cfg.Unsubscribe, Search: idx}, js, logger)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
 	con, err := console.New(console.Config{Names: cfg.Names, JS: js, Search: idx, Suppressions: cfg.Suppressions,
-		Tokens: f.api.tokens, Cancelled: cfg.Metrics.Cancelled, Logger: logger})
+		Tokens: f.api.tokens, Cancelled: cfg.Metrics.CancelCounter(), Logger: logger})
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
