@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -89,9 +88,6 @@ func fileConnectionKeys() string {
 	}
 	return strings.Join(keys, ", ")
 }
-
-// yamlLine matches the "line N: " that yaml.v3 starts its messages with.
-var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
 // LoadConnections reads the connections file at path (the YAML of `jetmail
 // worker --connections`, see deploy/connections.example.yaml) into named
@@ -240,25 +236,9 @@ func LoadConnections(path string, lookupEnv func(string) (string, bool), logger 
 	return conns, nil
 }
 
-// yamlError turns a yaml.v3 error into "FILE:LINE: message" lines, with
-// the known keys when a key is unknown.
+// yamlError is YAMLError for the connections file, in words of its keys.
 func yamlError(path string, err error) error {
-	var msgs []string
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs = te.Errors
-	} else {
-		msgs = []string{err.Error()}
-	}
-	var errs []error
-	for _, m := range msgs {
-		loc := path
-		if sm := yamlLine.FindStringSubmatch(m); sm != nil {
-			loc += ":" + sm[1]
-			m = m[len(sm[0]):]
-		} else {
-			m = strings.TrimPrefix(m, "yaml: ")
-		}
+	return YAMLError("--connections "+path, err, func(m string) string {
 		if strings.Contains(m, "not found in type config.fileConnection") {
 			m = strings.Replace(m, "not found in type config.fileConnection", "is not a connection setting", 1) +
 				" (known: " + fileConnectionKeys() + ")"
@@ -267,10 +247,8 @@ func yamlError(path string, err error) error {
 				"; the file has one key, connections"
 		}
 		m = strings.ReplaceAll(m, "config.fileConnection", "a connection")
-		m = strings.ReplaceAll(m, "config.connectionsFile", "the file")
-		errs = append(errs, fmt.Errorf("--connections %s: %s", loc, m))
-	}
-	return errors.Join(errs...)
+		return strings.ReplaceAll(m, "config.connectionsFile", "the file")
+	})
 }
 
 // connectionLines maps each connection name to the line of its key.

@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/jetmail/jetmail/config"
 	"github.com/jetmail/jetmail/schema"
 )
 
@@ -226,9 +227,6 @@ type fileHook struct {
 	States     []string `yaml:"states"`
 }
 
-// yamlLine matches the "line N: " that yaml.v3 starts its messages with.
-var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
-
 // LoadFile reads the webhooks file at path (CONTRACT §10):
 //
 //	webhooks:
@@ -332,25 +330,10 @@ func LoadFile(path string) ([]Config, error) {
 	return hooks, nil
 }
 
-// yamlError turns a yaml.v3 error into "PATH:LINE: message" lines, naming
-// the known keys when a key is unknown.
+// yamlError is config.YAMLError for the webhooks file, in words of its
+// keys.
 func yamlError(path string, err error) error {
-	var msgs []string
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs = te.Errors
-	} else {
-		msgs = []string{err.Error()}
-	}
-	var errs []error
-	for _, m := range msgs {
-		loc := path
-		if sm := yamlLine.FindStringSubmatch(m); sm != nil {
-			loc += ":" + sm[1]
-			m = m[len(sm[0]):]
-		} else {
-			m = strings.TrimPrefix(m, "yaml: ")
-		}
+	return config.YAMLError(path, err, func(m string) string {
 		switch {
 		case strings.Contains(m, "not found in type webhook.fileHook"):
 			m = strings.Replace(m, "not found in type webhook.fileHook", "is not a webhook setting", 1) +
@@ -360,10 +343,8 @@ func yamlError(path string, err error) error {
 				"; the file has one key, webhooks"
 		}
 		m = strings.ReplaceAll(m, "webhook.fileHook", "a webhook")
-		m = strings.ReplaceAll(m, "webhook.webhooksFile", "the file")
-		errs = append(errs, fmt.Errorf("%s: %s", loc, m))
-	}
-	return errors.Join(errs...)
+		return strings.ReplaceAll(m, "webhook.webhooksFile", "the file")
+	})
 }
 
 // positions are the lines of the parts of a webhooks file, for messages.
