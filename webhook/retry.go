@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
+	"github.com/jetmail/jetmail/config"
 )
 
 // RetryPolicy is the delay between POSTs of an event that failed: an
@@ -51,23 +51,9 @@ func (p RetryPolicy) validate() error {
 }
 
 // Delay returns how long to wait after the n-th failed POST (n is
-// JetStream's delivery count, from 1) before the next. It builds a fresh
-// backoff on each call, because ExponentialBackOff is stateful and not
-// safe to share; MaxElapsedTime is disabled because Options.MaxAge is
-// enforced from the event's stream timestamp instead.
+// JetStream's delivery count, from 1) before the next (config.BackoffDelay
+// of the policy; Options.MaxAge bounds the retries, from the event's
+// stream timestamp).
 func (p RetryPolicy) Delay(n int) time.Duration {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(p.Initial),
-		backoff.WithMultiplier(p.Multiplier),
-		backoff.WithRandomizationFactor(p.Jitter),
-		backoff.WithMaxInterval(p.MaxInterval),
-		backoff.WithMaxElapsedTime(0),
-	)
-	d := p.Initial
-	// An event retried for a day is delivered a few hundred times; the
-	// bound only guards against a count gone wild.
-	for range min(max(n, 1), 10000) {
-		d = b.NextBackOff()
-	}
-	return d
+	return config.BackoffDelay(p.Initial, p.Multiplier, p.Jitter, p.MaxInterval, n)
 }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
+	"github.com/jetmail/jetmail/config"
 )
 
 // RetryPolicy decides when a transiently failed message is tried again and
@@ -99,22 +99,9 @@ func (p RetryPolicy) validate() []error {
 }
 
 // Delay returns how long to wait after attempt n (1-based) before the next
-// one. It builds a fresh backoff each call, because ExponentialBackOff is
-// stateful and not safe to share between goroutines; MaxElapsedTime is
-// disabled since MaxAge is enforced from the stream timestamp instead.
+// one (config.BackoffDelay of the policy).
 func (p RetryPolicy) Delay(n int) time.Duration {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(p.Initial),
-		backoff.WithMultiplier(p.Multiplier),
-		backoff.WithRandomizationFactor(p.Jitter),
-		backoff.WithMaxInterval(p.MaxInterval),
-		backoff.WithMaxElapsedTime(0),
-	)
-	d := p.Initial
-	for range max(n, 1) {
-		d = b.NextBackOff()
-	}
-	return d
+	return config.BackoffDelay(p.Initial, p.Multiplier, p.Jitter, p.MaxInterval, n)
 }
 
 // Next decides what follows a transient failure of attempt n for a message
