@@ -261,13 +261,11 @@ func (f *serverFlags) run(ctx context.Context, s stdio) error {
 	if err != nil {
 		return err
 	}
-	if f.cpuProfile != "" {
-		stop, err := startCPUProfile(f.cpuProfile)
-		if err != nil {
-			return withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
-		}
-		defer stop()
+	stopProfile, err := startCPUProfile(f.cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	srv, err := f.start(logger)
 	if err != nil {
 		return err

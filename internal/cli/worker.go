@@ -283,13 +283,11 @@ func (f *workerFlags) run(ctx context.Context, fs *pflag.FlagSet, s stdio) error
 	if err != nil {
 		return err
 	}
-	if f.cpuProfile != "" {
-		stop, err := startCPUProfile(f.cpuProfile)
-		if err != nil {
-			return withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
-		}
-		defer stop()
+	stopProfile, err := startCPUProfile(f.cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	hooks, err := f.webhooks.hooks()
 	if err != nil {
 		return err
@@ -481,15 +479,20 @@ func connectWorker(url string, logger *slog.Logger, auth *natsAuth, opts ...nats
 	return nc, closed, nil
 }
 
-// startCPUProfile writes a CPU profile to path until stop is called.
+// startCPUProfile writes a CPU profile to path (the hidden --cpu-profile
+// of worker and server) until stop is called; an empty path profiles
+// nothing. Its error is a usage error naming the flag.
 func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
 	out, err := os.Create(path)
 	if err != nil {
-		return nil, err
+		return nil, withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
 	}
 	if err := pprof.StartCPUProfile(out); err != nil {
 		out.Close()
-		return nil, err
+		return nil, withCode(exitUsage, fmt.Errorf("--cpu-profile: %w", err))
 	}
 	return func() {
 		pprof.StopCPUProfile()
